@@ -1,0 +1,62 @@
+"""AdamW: torch's implementation on the data-parallel mean gradient."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from psyche_core.errors import PsycheError
+from psyche_core.model import CausalLM
+from psyche_core.optim import Optimizer, StepContext
+from psyche_core.options import Options
+
+
+class AdamW(Optimizer):
+    """``torch.optim.AdamW`` with the learning rate set per step by the schedule.
+
+    Weight decay applies to every parameter, as Psyche's AdamW does.
+    """
+
+    averages_gradients = True
+
+    def __init__(
+        self,
+        model: CausalLM,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.1,
+    ) -> None:
+        super().__init__(model.named_parameters())
+        for name, value in (("beta1", betas[0]), ("beta2", betas[1])):
+            if not 0.0 <= value < 1.0:
+                raise PsycheError(f"--{name} must be in [0, 1), got {value}")
+        if eps <= 0:
+            raise PsycheError(f"--eps must be positive, got {eps}")
+        if weight_decay < 0:
+            raise PsycheError(f"--weight-decay must be >= 0, got {weight_decay}")
+        # foreach=True keeps the CPU update vectorised; the result equals the per-tensor loop.
+        self.torch_optimizer = torch.optim.AdamW(
+            self.params, lr=0.0, betas=betas, eps=eps, weight_decay=weight_decay, foreach=True
+        )
+
+    def step(self, ctx: StepContext) -> dict[str, Any]:
+        for group in self.torch_optimizer.param_groups:
+            group["lr"] = ctx.lr
+        self.torch_optimizer.step()
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.torch_optimizer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.torch_optimizer.load_state_dict(state)
+
+
+def build_adamw(model: CausalLM, options: Options) -> AdamW:
+    return AdamW(
+        model,
+        betas=(options.beta1, options.beta2),
+        eps=options.eps,
+        weight_decay=options.weight_decay,
+    )

@@ -1,0 +1,273 @@
+"""The :class:`CausalLM` contract every model plugin implements.
+
+A CausalLM is a ``torch.nn.Module`` whose state-dict keys and config fields are transformers'
+own, so a checkpoint moves between psyche and ``transformers`` without a key map. The base class
+gives every model ``from_config`` (seeded random init), ``from_pretrained`` (local directory or
+hub repo id, single or sharded safetensors) and ``save_pretrained`` (HF layout, atomic); a model
+implements ``forward`` and, if its init differs from the HF default, ``init_weights``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+import torch
+from torch import nn
+
+from psyche_core import hf
+from psyche_core.errors import PsycheError
+
+ConfigT = TypeVar("ConfigT", bound="ModelConfig")
+ModelT = TypeVar("ModelT", bound="CausalLM")
+
+# Fields transformers writes that describe the file rather than the architecture.
+_FILE_FIELDS = frozenset({"transformers_version", "_name_or_path", "torch_dtype", "dtype"})
+
+
+@dataclasses.dataclass(kw_only=True)
+class ModelConfig:
+    """Base for model configs: a dataclass whose fields are HF ``config.json`` names.
+
+    ``from_dict`` fills the declared fields and keeps every other key in ``extra``, so
+    ``to_dict`` writes back what it read (tokenizer ids, fields of newer transformers).
+    Subclasses set ``model_type`` and ``architectures`` and may normalise fields in
+    ``__post_init__``.
+    """
+
+    model_type: ClassVar[str] = ""
+    architectures: ClassVar[tuple[str, ...]] = ()
+
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls: type[ConfigT], data: Mapping[str, Any]) -> ConfigT:
+        names = {f.name for f in dataclasses.fields(cls) if f.init and f.name != "extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        extra = {
+            k: v
+            for k, v in data.items()
+            if k not in names and k not in _FILE_FIELDS and k not in ("model_type", "architectures")
+        }
+        try:
+            return cls(**known, extra=extra)
+        except (TypeError, ValueError) as exc:
+            raise PsycheError(f"invalid {cls.model_type or cls.__name__} config: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.extra)
+        for f in dataclasses.fields(self):
+            if f.name != "extra" and f.init:
+                data[f.name] = getattr(self, f.name)
+        data["model_type"] = self.model_type
+        data["architectures"] = list(self.architectures)
+        return data
+
+
+class CausalLMOutput(NamedTuple):
+    """``(logits, loss)``: logits ``(B, T', vocab)``; loss a scalar when labels were given."""
+
+    logits: torch.Tensor | None
+    loss: torch.Tensor | None
+
+
+class CausalLM(nn.Module, ABC):
+    """A causal language model psyche can train, load and save.
+
+    Subclasses set ``config_class`` and implement :meth:`forward`. The config object is
+    available as ``self.config``.
+    """
+
+    config_class: ClassVar[type[ModelConfig]]
+    #: attention kernels the model implements; the first is the default.
+    attn_implementations: ClassVar[tuple[str, ...]] = ("sdpa", "eager")
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.attn_implementation = self.attn_implementations[0]
+
+    def set_attn_implementation(self, name: str) -> None:
+        """Choose the attention kernel (``--attn-implementation``)."""
+        if name not in self.attn_implementations:
+            raise PsycheError(
+                f"{type(self).__name__} has no attention implementation {name!r}; "
+                f"choose from {', '.join(self.attn_implementations)}"
+            )
+        self.attn_implementation = name
+
+    # -- the training contract -----------------------------------------------------------------
+
+    @abstractmethod
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        sequence_lengths: Sequence[Sequence[int]] | None = None,
+        num_logits_to_keep: int | None = None,
+        loss_scale: float | None = None,
+        return_logits: bool = True,
+    ) -> CausalLMOutput:
+        """Run the model.
+
+        Args:
+            input_ids: ``(B, T)`` token ids.
+            labels: ``(B, T)`` targets, shifted inside (position t predicts label t+1) as in
+                transformers; ``-100`` marks positions without a loss. Usually ``input_ids``.
+            position_ids: ``(B, T)`` rotary positions; default ``0..T-1`` (restarting per
+                document when ``sequence_lengths`` is given).
+            sequence_lengths: per row, the lengths of the packed documents it holds (summing to
+                T); attention never crosses a document boundary.
+            num_logits_to_keep: compute logits only for the last this many positions.
+            loss_scale: divide the loss by this (the trainer passes the number of gradient
+                accumulation micro-batches, as Psyche does).
+            return_logits: the trainer passes False when it needs only the loss, so a model
+                may skip materialising ``(B, T, vocab)`` logits (chunked cross entropy); the
+                returned logits may then be ``None``.
+
+        Returns:
+            :class:`CausalLMOutput` ``(logits, loss)``; loss is the mean cross entropy over
+            labelled positions, in float32, or ``None`` without labels.
+        """
+
+    def init_weights(self, generator: torch.Generator) -> None:
+        """Random init, transformers' default: N(0, initializer_range) for linear and embedding
+        weights, zero biases, norm weights one. Override when a model differs."""
+        std = float(getattr(self.config, "initializer_range", 0.02))
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std, generator=generator)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif hasattr(module, "weight") and module.__class__.__name__.endswith("Norm"):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+
+    # -- facts the trainer and generation need ------------------------------------------------
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return getattr(self.config, "bos_token_id", None)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        eos = getattr(self.config, "eos_token_id", None)
+        if eos is None:
+            return []
+        return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+
+    @property
+    def max_context_length(self) -> int:
+        return int(self.config.max_position_embeddings)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config.vocab_size)
+
+    # -- construction and I/O -------------------------------------------------------------------
+
+    @classmethod
+    def parse_config(cls, config: ModelConfig | Mapping[str, Any]) -> ModelConfig:
+        if isinstance(config, cls.config_class):
+            return config
+        if isinstance(config, Mapping):
+            return cls.config_class.from_dict(config)
+        raise PsycheError(f"{cls.__name__}: expected a config dict, got {type(config).__name__}")
+
+    @classmethod
+    def from_config(
+        cls: type[ModelT],
+        config: ModelConfig | Mapping[str, Any],
+        *,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+    ) -> ModelT:
+        """A randomly initialised model; the same seed gives the same weights on every machine
+        (init runs on the CPU in float32, then moves to ``device`` / ``dtype``)."""
+        parsed = cls.parse_config(config)
+        with torch.device("cpu"):
+            model = cls(parsed)
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        with torch.no_grad():
+            model.init_weights(generator)
+        return model.to(device=device, dtype=hf.parse_dtype(dtype))
+
+    @classmethod
+    def from_pretrained(
+        cls: type[ModelT],
+        source: str | os.PathLike[str],
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        revision: str | None = None,
+    ) -> ModelT:
+        """Load a Hugging Face checkpoint: a local directory or a hub repo id.
+
+        ``dtype`` defaults to float32 (the checkpoint's own dtype is ignored, as training wants
+        a known precision).
+        """
+        directory = hf.resolve_checkpoint(source, revision)
+        config = cls.parse_config(hf.read_config(directory))
+        with torch.device("meta"):
+            model = cls(config)
+        state = hf.load_safetensors(directory)
+        model.load_hf_state_dict(state, source=str(source), device=device)
+        return model.to(device=device, dtype=hf.parse_dtype(dtype) or torch.float32)
+
+    def save_pretrained(
+        self, directory: str | os.PathLike[str], *, max_shard_size: int | None = None
+    ) -> None:
+        """Write config.json + safetensors that ``transformers`` loads (atomically)."""
+        config = self.config.to_dict()
+        dtype = next(self.parameters()).dtype
+        config["torch_dtype"] = hf.dtype_name(dtype)
+        hf.save_checkpoint(directory, config, self.hf_state_dict(), max_shard_size)
+
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict as it goes to disk; tied weights are written once (under the input
+        embedding's key), as transformers does."""
+        seen: set[int] = set()
+        out: dict[str, torch.Tensor] = {}
+        for key, tensor in self.state_dict(keep_vars=True).items():
+            if id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            out[key] = tensor.detach()
+        return out
+
+    def load_hf_state_dict(
+        self,
+        state: Mapping[str, torch.Tensor],
+        *,
+        source: str = "state dict",
+        device: torch.device | str | None = None,
+    ) -> None:
+        """Load an on-disk state dict, checking keys and shapes first (one clear error)."""
+        expected = self.hf_state_dict_shapes()
+        hf.check_state_dict(expected, state, source)
+        self.load_state_dict(dict(state), strict=False, assign=True)
+        self.tie_weights()
+        # Models built on the meta device still hold meta buffers (rotary tables); every module
+        # that owns such buffers recomputes them in ``reset_buffers``.
+        for module in self.modules():
+            if hasattr(module, "reset_buffers"):
+                module.reset_buffers()
+        leftover = [n for n, t in [*self.named_parameters(), *self.named_buffers()] if t.is_meta]
+        if leftover:
+            raise PsycheError(f"{source}: nothing loaded for {hf._few(leftover)}")
+
+    def hf_state_dict_shapes(self) -> dict[str, torch.Tensor]:
+        """Keys and shapes (tensors, possibly on the meta device) the checkpoint must hold."""
+        return self.hf_state_dict()
+
+    def tie_weights(self) -> None:
+        """Re-tie shared parameters after loading (models with tied embeddings override)."""
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,196 @@
+"""``psyche train`` options: the core set, plugin extras, and TOML + command-line resolution.
+
+Every option has one definition (an :class:`~psyche_core.specs.OptionSpec`); the Click flags,
+the run-TOML keys and the ``Options`` object a factory receives all come from it. Precedence:
+defaults < ``--config run.toml`` < flags given on the command line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from psyche_core.errors import PsycheError
+from psyche_core.specs import OptionSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+DTYPES = ("float32", "bfloat16", "float16")
+
+# Psyche's names and meanings; defaults are Psyche's except the run size, which is sized for
+# the embedded quick start on a laptop CPU (Psyche: sequence 2048, batch 256 / micro 8,
+# warmup 500 of 25000 steps). configs/psyche-train-example.toml restores Psyche's values.
+CORE_OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("model", str, "llama:tiny",
+               "Model: a registered name (llama), NAME:PRESET (llama:20m), a config.json for "
+               "random init, a local HF checkpoint directory or a Hugging Face repo id."),
+    OptionSpec("data-provider", str, None,
+               "Data provider name; default: local with --data-path, http with --data-url, "
+               "else the embedded sample data."),
+    OptionSpec("data-path", str, None, "Folder of pre-tokenized .ds/.bin/.npy token files."),
+    OptionSpec("data-url", str, None,
+               "HTTP source: a URL, comma-separated URLs, a template with {} or a HF dataset "
+               "repo id."),
+    OptionSpec("sequence-length", int, 256, "Tokens per training sequence (Psyche: 2048)."),
+    OptionSpec("token-size", int, 2, "Bytes per token in the data files: 2 or 4."),
+    OptionSpec("total-batch", int, 16, "Sequences per global step, over all peers (Psyche: 256)."),
+    OptionSpec("micro-batch", int, None,
+               "Sequences per forward/backward; gradients accumulate over the rest of a peer's "
+               "share. Default: the whole share at once (Psyche: 8)."),
+    OptionSpec("optimizer", str, "adamw", "Optimizer name (adamw, distro, or a plugin's)."),
+    OptionSpec("distro", bool, False, "Train with DisTrO (same as --optimizer distro)."),
+    OptionSpec("learning-rate", float, 4e-4, "Peak learning rate."),
+    OptionSpec("warmup-steps", int, 20, "Linear warmup steps from 0 (Psyche: 500)."),
+    OptionSpec("total-steps", int, 300,
+               "Steps of the cosine schedule and of the run; it ends at learning-rate / 10 "
+               "(Psyche: 25000)."),
+    OptionSpec("beta1", float, 0.9, "AdamW beta1."),
+    OptionSpec("beta2", float, 0.95, "AdamW beta2."),
+    OptionSpec("weight-decay", float, 0.1, "Decoupled weight decay (AdamW and DisTrO)."),
+    OptionSpec("eps", float, 1e-8, "AdamW epsilon."),
+    OptionSpec("max-grad-norm", float, 1.0, "Clip the global gradient norm to this; 0 disables."),
+    OptionSpec("grad-accum-in-fp32", bool, False,
+               "Accumulate micro-batch gradients in float32 (useful with --dtype bfloat16)."),
+    OptionSpec("attn-implementation", ATTN_IMPLEMENTATIONS, "sdpa",
+               "Attention kernel: eager (reference math) or sdpa (torch "
+               "scaled_dot_product_attention)."),
+    OptionSpec("device", str, "auto", "Device: auto, cpu, cuda, cuda:N or mps."),
+    OptionSpec("dtype", DTYPES, None,
+               "Parameter dtype; default float32 on CPU, bfloat16 on CUDA."),
+    OptionSpec("seed", int, None,
+               "Seed for random init and the data shuffle; the same seed repeats a CPU run bit "
+               "for bit. Without it data is read in order and random init uses seed 0."),
+    OptionSpec("start-step", int, 1, "First global step to run (its samples and its LR)."),
+    OptionSpec("save-path", str, None, "Directory to write the final model to (HF format)."),
+    OptionSpec("metrics", str, None, "Write one JSON object per step to this JSONL file."),
+    OptionSpec("data-parallelism", int, 1,
+               "Number of data-parallel peers (in-process threads sharing this machine)."),
+    OptionSpec("optim-stats", bool, False,
+               "Add optimizer statistics (bytes, compression, energies) to the metrics."),
+)
+
+
+class Options(Mapping[str, Any]):
+    """Resolved option values, read as ``options.sequence_length`` or ``options["seed"]``."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self._values = {k.replace("-", "_"): v for k, v in values.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"no option {name!r}") from None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key.replace("-", "_")]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def replace(self, **changes: Any) -> Options:
+        return Options({**self._values, **changes})
+
+    def __repr__(self) -> str:
+        return f"Options({self._values!r})"
+
+
+def collect_option_specs(extra: Iterable[tuple[str, OptionSpec]]) -> list[OptionSpec]:
+    """Core options plus plugin options; ``extra`` yields ``(owner, spec)``.
+
+    Two owners declaring one option name is an error naming both, unless the declarations are
+    identical (two optimizers may share a flag).
+    """
+    specs: dict[str, tuple[str, OptionSpec]] = {s.key: ("psyche-core", s) for s in CORE_OPTIONS}
+    for owner, spec in extra:
+        if spec.key in specs:
+            first_owner, first = specs[spec.key]
+            if first == spec:
+                continue
+            raise PsycheError(
+                f"option --{spec.name} is declared by both {first_owner} and {owner} with "
+                "different settings"
+            )
+        specs[spec.key] = (owner, spec)
+    return [spec for _, spec in specs.values()]
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise PsycheError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PsycheError(f"{path}: invalid TOML: {exc}") from None
+
+
+def coerce(spec: OptionSpec, value: Any, where: str) -> Any:
+    """Check (and where lossless, convert) a value from TOML against the option's type."""
+    if value is None:
+        return None
+    kind = spec.type
+    bad = PsycheError(f"{where}: {spec.name} = {value!r} is not {_describe(kind)}")
+    if isinstance(kind, tuple):
+        if value not in kind:
+            raise bad
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if kind is str:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return ",".join(value)
+        if not isinstance(value, str):
+            raise bad
+        return value
+    return value  # TOML-only options (tables, lists) are checked by their owner
+
+
+def _describe(kind: Any) -> str:
+    if isinstance(kind, tuple):
+        return "one of " + ", ".join(kind)
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        kind, "valid"
+    )
+
+
+def resolve(
+    specs: Iterable[OptionSpec],
+    command_line: Mapping[str, Any],
+    toml_path: str | Path | None = None,
+) -> Options:
+    """Defaults, overridden by the TOML file, overridden by ``command_line`` (the flags the user
+    actually typed, keyed by option key)."""
+    by_key = {spec.key: spec for spec in specs}
+    values = {key: spec.default for key, spec in by_key.items()}
+    if toml_path is not None:
+        for raw_key, value in load_toml(toml_path).items():
+            key = raw_key.replace("-", "_")
+            if key not in by_key:
+                close = difflib.get_close_matches(key, by_key, n=2)
+                hint = f"; did you mean {', '.join(c.replace('_', '-') for c in close)}?" if close else ""
+                raise PsycheError(f"{toml_path}: unknown option {raw_key!r}{hint}")
+            values[key] = coerce(by_key[key], value, str(toml_path))
+    values.update({k.replace("-", "_"): v for k, v in command_line.items()})
+    return Options(values)
