@@ -33,3 +33,8 @@ class UnknownNameError(PsycheError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0])
+
+
+class InvalidInputError(PsycheError, ValueError):
+    """Input a model cannot take (a token id outside the vocabulary, a sequence longer than the
+    context). A ``ValueError`` for library callers, one line for CLI users."""

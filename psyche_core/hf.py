@@ -187,7 +187,10 @@ def save_checkpoint(
                 save_file(shard, staging / name, metadata={"format": "pt"})
                 weight_map.update(dict.fromkeys(shard, name))
             total = sum(t.numel() * t.element_size() for t in tensors.values())
-            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+            index = {
+                "metadata": {"total_size": total},
+                "weight_map": dict(sorted(weight_map.items())),
+            }
             (staging / WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2))
         for name, content in (extra_files or {}).items():
             mode = "wb" if isinstance(content, bytes) else "w"

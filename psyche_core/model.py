@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from psyche_core import hf
+from psyche_core.comm import Communicator
 from psyche_core.errors import PsycheError
 
 ConfigT = TypeVar("ConfigT", bound="ModelConfig")
@@ -147,6 +148,20 @@ class CausalLM(nn.Module, ABC):
                 nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
+
+    # -- hooks the trainer calls ----------------------------------------------------------------
+
+    def apply_options(self, options: Mapping[str, Any]) -> None:
+        """Read the model's own ``psyche train`` options (declared in ``ModelSpec.options``)."""
+
+    def step_end(self, communicator: Communicator) -> dict[str, float]:
+        """Called on every peer after each optimizer step, in lockstep.
+
+        A model with state outside its parameters (DeepSeek-V3's expert-bias balancing) updates
+        it here, reducing what it needs over ``communicator`` so that peers stay identical, and
+        returns per-step metrics to log (``{"moe/max_load": ...}``).
+        """
+        return {}
 
     # -- facts the trainer and generation need ------------------------------------------------
 

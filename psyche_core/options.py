@@ -28,52 +28,89 @@ DTYPES = ("float32", "bfloat16", "float16")
 # the embedded quick start on a laptop CPU (Psyche: sequence 2048, batch 256 / micro 8,
 # warmup 500 of 25000 steps). configs/psyche-train-example.toml restores Psyche's values.
 CORE_OPTIONS: tuple[OptionSpec, ...] = (
-    OptionSpec("model", str, "llama:tiny",
-               "Model: a registered name (llama), NAME:PRESET (llama:20m), a config.json for "
-               "random init, a local HF checkpoint directory or a Hugging Face repo id."),
-    OptionSpec("data-provider", str, None,
-               "Data provider name; default: local with --data-path, http with --data-url, "
-               "else the embedded sample data."),
+    OptionSpec(
+        "model",
+        str,
+        "llama:tiny",
+        "Model: a registered name (llama), NAME:PRESET (llama:20m), a config.json for "
+        "random init, a local HF checkpoint directory or a Hugging Face repo id.",
+    ),
+    OptionSpec(
+        "data-provider",
+        str,
+        None,
+        "Data provider name; default: local with --data-path, http with --data-url, "
+        "else the embedded sample data.",
+    ),
     OptionSpec("data-path", str, None, "Folder of pre-tokenized .ds/.bin/.npy token files."),
-    OptionSpec("data-url", str, None,
-               "HTTP source: a URL, comma-separated URLs, a template with {} or a HF dataset "
-               "repo id."),
+    OptionSpec(
+        "data-url",
+        str,
+        None,
+        "HTTP source: a URL, comma-separated URLs, a template with {} or a HF dataset repo id.",
+    ),
     OptionSpec("sequence-length", int, 256, "Tokens per training sequence (Psyche: 2048)."),
     OptionSpec("token-size", int, 2, "Bytes per token in the data files: 2 or 4."),
     OptionSpec("total-batch", int, 16, "Sequences per global step, over all peers (Psyche: 256)."),
-    OptionSpec("micro-batch", int, None,
-               "Sequences per forward/backward; gradients accumulate over the rest of a peer's "
-               "share. Default: the whole share at once (Psyche: 8)."),
+    OptionSpec(
+        "micro-batch",
+        int,
+        None,
+        "Sequences per forward/backward; gradients accumulate over the rest of a peer's "
+        "share. Default: the whole share at once (Psyche: 8).",
+    ),
     OptionSpec("optimizer", str, "adamw", "Optimizer name (adamw, distro, or a plugin's)."),
     OptionSpec("distro", bool, False, "Train with DisTrO (same as --optimizer distro)."),
     OptionSpec("learning-rate", float, 4e-4, "Peak learning rate."),
     OptionSpec("warmup-steps", int, 20, "Linear warmup steps from 0 (Psyche: 500)."),
-    OptionSpec("total-steps", int, 300,
-               "Steps of the cosine schedule and of the run; it ends at learning-rate / 10 "
-               "(Psyche: 25000)."),
+    OptionSpec(
+        "total-steps",
+        int,
+        300,
+        "Steps of the cosine schedule and of the run; it ends at learning-rate / 10 "
+        "(Psyche: 25000).",
+    ),
     OptionSpec("beta1", float, 0.9, "AdamW beta1."),
     OptionSpec("beta2", float, 0.95, "AdamW beta2."),
     OptionSpec("weight-decay", float, 0.1, "Decoupled weight decay (AdamW and DisTrO)."),
     OptionSpec("eps", float, 1e-8, "AdamW epsilon."),
     OptionSpec("max-grad-norm", float, 1.0, "Clip the global gradient norm to this; 0 disables."),
-    OptionSpec("grad-accum-in-fp32", bool, False,
-               "Accumulate micro-batch gradients in float32 (useful with --dtype bfloat16)."),
-    OptionSpec("attn-implementation", ATTN_IMPLEMENTATIONS, "sdpa",
-               "Attention kernel: eager (reference math) or sdpa (torch "
-               "scaled_dot_product_attention)."),
+    OptionSpec(
+        "grad-accum-in-fp32",
+        bool,
+        False,
+        "Accumulate micro-batch gradients in float32 (useful with --dtype bfloat16).",
+    ),
+    OptionSpec(
+        "attn-implementation",
+        ATTN_IMPLEMENTATIONS,
+        "sdpa",
+        "Attention kernel: eager (reference math) or sdpa (torch scaled_dot_product_attention).",
+    ),
     OptionSpec("device", str, "auto", "Device: auto, cpu, cuda, cuda:N or mps."),
-    OptionSpec("dtype", DTYPES, None,
-               "Parameter dtype; default float32 on CPU, bfloat16 on CUDA."),
-    OptionSpec("seed", int, None,
-               "Seed for random init and the data shuffle; the same seed repeats a CPU run bit "
-               "for bit. Without it data is read in order and random init uses seed 0."),
+    OptionSpec("dtype", DTYPES, None, "Parameter dtype; default float32 on CPU, bfloat16 on CUDA."),
+    OptionSpec(
+        "seed",
+        int,
+        None,
+        "Seed for random init and the data shuffle; the same seed repeats a CPU run bit "
+        "for bit. Without it data is read in order and random init uses seed 0.",
+    ),
     OptionSpec("start-step", int, 1, "First global step to run (its samples and its LR)."),
     OptionSpec("save-path", str, None, "Directory to write the final model to (HF format)."),
     OptionSpec("metrics", str, None, "Write one JSON object per step to this JSONL file."),
-    OptionSpec("data-parallelism", int, 1,
-               "Number of data-parallel peers (in-process threads sharing this machine)."),
-    OptionSpec("optim-stats", bool, False,
-               "Add optimizer statistics (bytes, compression, energies) to the metrics."),
+    OptionSpec(
+        "data-parallelism",
+        int,
+        1,
+        "Number of data-parallel peers (in-process threads sharing this machine).",
+    ),
+    OptionSpec(
+        "optim-stats",
+        bool,
+        False,
+        "Add optimizer statistics (bytes, compression, energies) to the metrics.",
+    ),
 )
 
 
@@ -189,7 +226,8 @@ def resolve(
             key = raw_key.replace("-", "_")
             if key not in by_key:
                 close = difflib.get_close_matches(key, by_key, n=2)
-                hint = f"; did you mean {', '.join(c.replace('_', '-') for c in close)}?" if close else ""
+                names = ", ".join(c.replace("_", "-") for c in close)
+                hint = f"; did you mean {names}?" if close else ""
                 raise PsycheError(f"{toml_path}: unknown option {raw_key!r}{hint}")
             values[key] = coerce(by_key[key], value, str(toml_path))
     values.update({k.replace("-", "_"): v for k, v in command_line.items()})

@@ -16,7 +16,8 @@ class CosineLR:
     """Psyche's ``CosineLR``: linear warmup from ``warmup_init_lr``, then cosine to ``final_lr``.
 
     ``lr(s) = init + (base - init) * s / warmup`` for ``s < warmup``; after that
-    ``p = (s - warmup) / (total - warmup)`` and ``lr = final + (base - final) * (1 + cos(pi p)) / 2``.
+    ``p = (s - warmup) / (total - warmup)`` and
+    ``lr = final + (base - final) * (1 + cos(pi p)) / 2``.
     Like Psyche there is no clamp past ``total_steps`` (the cosine rises again).
     ``psyche train`` uses ``CosineLR(lr, warmup, 0, total, lr / 10)``.
     """

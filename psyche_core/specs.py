@@ -42,10 +42,11 @@ def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
 class OptionSpec:
     """An extra ``psyche train`` option a registration needs.
 
-    ``name`` is the flag without dashes (``"compression-chunk"``); it becomes ``--compression-chunk``
-    on the command line, ``compression-chunk`` (or ``compression_chunk``) in a run TOML, and
-    ``options.compression_chunk`` in the factory. ``type`` is ``int``, ``float``, ``str``,
-    ``bool`` (a ``--flag/--no-flag`` switch) or a tuple of allowed strings. ``cli=False`` makes
+    ``name`` is the flag without its dashes (``"compression-chunk"``); it becomes
+    ``--compression-chunk`` on the command line, ``compression-chunk`` (or
+    ``compression_chunk``) in a run TOML, and ``options.compression_chunk`` in the factory.
+    ``type`` is ``int``, ``float``, ``str``, ``bool`` (a ``--flag/--no-flag`` switch) or a
+    tuple of allowed strings. ``cli=False`` makes
     an option that only a TOML file can set (for lists and tables).
     """
 
