@@ -86,13 +86,7 @@ def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise PsycheError(f"{directory}: no {CONFIG_NAME}; is this a Hugging Face checkpoint?")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PsycheError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-    if not isinstance(config, dict):
-        raise PsycheError(f"{path}: expected a JSON object")
-    return config
+    return read_config_file(path)
 
 
 def weight_files(directory: str | os.PathLike[str]) -> list[Path]:
@@ -237,3 +231,17 @@ def _shard(
         shards[-1][key] = tensor
         size += nbytes
     return shards
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A standalone config.json (for random init from a config)."""
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PsycheError(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise PsycheError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    if not isinstance(config, dict):
+        raise PsycheError(f"{path}: expected a JSON object")
+    return config

@@ -58,6 +58,16 @@ class ModelConfig:
         except (TypeError, ValueError) as exc:
             raise PsycheError(f"invalid {cls.model_type or cls.__name__} config: {exc}") from None
 
+    def __getattr__(self, name: str) -> Any:
+        # Fields a subclass does not declare (bos_token_id, tokenizer ids, newer HF fields) are
+        # still readable as attributes, from ``extra``.
+        if name.startswith("__") or name == "extra":
+            raise AttributeError(name)
+        try:
+            return self.__dict__["extra"][name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no field {name!r}") from None
+
     def to_dict(self) -> dict[str, Any]:
         data = dict(self.extra)
         for f in dataclasses.fields(self):

@@ -64,6 +64,10 @@ class Registry(Generic[T]):
         except KeyError:
             raise UnknownNameError(self.kind, name, self.names(), self.install_hint) from None
 
+    def get_unchecked(self, name: str) -> T:
+        """The first registration of ``name``, even when another plugin also claims it."""
+        return self._entries[name][0]
+
     def owner(self, name: str) -> Owner:
         return self._entries[name][1]
 

@@ -1,0 +1,3 @@
+from psyche_core.cli import main
+
+main()

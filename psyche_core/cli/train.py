@@ -1,0 +1,118 @@
+"""``psyche train``: options from defaults, ``--config run.toml`` and flags; then ``run.train``."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from psyche_core.errors import PsycheError
+from psyche_core.options import collect_option_specs, resolve
+from psyche_core.plugins import Plugins
+from psyche_core.specs import OptionSpec
+
+
+def plugin_option_specs(plugins: Plugins) -> Iterator[tuple[str, OptionSpec]]:
+    for registry in (plugins.models, plugins.data_providers, plugins.optimizers):
+        for _, spec, owner in registry.items():
+            for option in spec.options:
+                yield owner.distribution or owner.plugin, option
+
+
+def click_option(spec: OptionSpec, owner: str | None = None) -> click.Option:
+    help_text = spec.help + (f" [{owner}]" if owner else "")
+    if spec.type is bool:
+        return click.Option(
+            [f"--{spec.name}/--no-{spec.name}", spec.key],
+            default=bool(spec.default),
+            help=help_text,
+        )
+    kind: Any = click.Choice(spec.type) if isinstance(spec.type, tuple) else spec.type
+    return click.Option(
+        [f"--{spec.name}", spec.key],
+        type=kind,
+        default=spec.default,
+        show_default=spec.default is not None,
+        help=help_text,
+    )
+
+
+TRAIN_HELP = """Train a causal LM.
+
+With no arguments: the tiny built-in Llama on the embedded sample data, in about two minutes
+on a laptop CPU. Every option can also come from a TOML file (--config run.toml, keys named like
+the flags); flags given on the command line win over the file.
+"""
+
+
+def make_train_command(plugins: Plugins) -> click.Command:
+    try:
+        owners = {o.key: owner for owner, o in plugin_option_specs(plugins)}
+        specs = collect_option_specs(plugin_option_specs(plugins))
+    except PsycheError as exc:
+        return _broken_train_command(exc)
+
+    params: list[click.Parameter] = [
+        click.Option(
+            ["--config", "config"],
+            type=click.Path(dir_okay=False),
+            help="Read options from this TOML file (flags on the command line win).",
+        )
+    ]
+    params += [click_option(s, owners.get(s.key)) for s in specs if s.cli]
+
+    def callback(config: str | None, **values: Any) -> None:
+        ctx = click.get_current_context()
+        given = {
+            key: value
+            for key, value in values.items()
+            if ctx.get_parameter_source(key) is ParameterSource.COMMANDLINE
+        }
+        options = resolve(specs, given, config)
+        from psyche_core import run  # torch is imported only when training
+
+        with _stop_on_signals() as stop:
+            summary = run.train(options, plugins, stop=stop)
+        if summary.get("stopped"):
+            raise click.exceptions.Exit(130)
+
+    return click.Command("train", params=params, callback=callback, help=TRAIN_HELP)
+
+
+def _broken_train_command(exc: PsycheError) -> click.Command:
+    def callback(**_: Any) -> None:
+        raise exc
+
+    return click.Command(
+        "train",
+        callback=callback,
+        help=f"Unavailable: {exc}",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT / SIGTERM ask the run to stop after the current step; a second one aborts."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo("stopping after the current step (again to abort)", err=True)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,284 @@
+"""From resolved ``psyche train`` options to a running :class:`~psyche_core.trainer.Trainer`.
+
+Everything a user can get wrong is checked here, before any peer starts: names, batch sizes,
+the device. Then every data-parallel peer builds its own model replica (weights broadcast from
+peer 0), data provider and optimizer, and trains.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from psyche_core import hf
+from psyche_core.comm import Communicator, run_local_peers
+from psyche_core.errors import PsycheError, UnknownNameError
+from psyche_core.model import CausalLM
+from psyche_core.options import Options
+from psyche_core.plugins import Plugins
+from psyche_core.reporting import ConsoleProgress, JsonlMetrics
+from psyche_core.schedule import CosineLR
+from psyche_core.specs import ModelSpec
+from psyche_core.trainer import Reporter, Trainer, TrainerConfig, plan_batches
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """What ``--model`` resolved to: a spec plus a preset config or a checkpoint directory."""
+
+    spec: ModelSpec
+    label: str
+    config: Mapping[str, Any] | None = None
+    checkpoint: Path | None = None
+
+    def build(
+        self, seed: int, device: torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> CausalLM:
+        cls = self.spec.load()
+        if self.checkpoint is not None:
+            return cls.from_pretrained(self.checkpoint, device=device, dtype=dtype)
+        assert self.config is not None
+        return cls.from_config(self.config, seed=seed, device=device, dtype=dtype)
+
+
+def resolve_model(plugins: Plugins, ref: str) -> ModelChoice:
+    """``llama`` | ``llama:20m`` | ``config.json`` | checkpoint directory | hub repo id."""
+    name, _, preset = ref.partition(":")
+    if name in plugins.models:
+        spec = plugins.models.get(name)
+        preset = preset or spec.preset_for_default or ""
+        if preset not in spec.presets:
+            known = ", ".join(spec.presets) or "none"
+            raise PsycheError(
+                f"model {name!r} has no preset {preset!r}; its presets: {known}"
+                if preset
+                else f"model {name!r} has no presets; pass a checkpoint or a config.json"
+            )
+        return ModelChoice(spec, f"{name}:{preset}", config=dict(spec.presets[preset]))
+    path = Path(ref).expanduser()
+    if path.is_file() and path.suffix == ".json":
+        config = hf.read_config_file(path)
+        return ModelChoice(spec_for_config(plugins, config, ref), ref, config=config)
+    if path.is_dir() or (ref.count("/") == 1 and not path.exists()):
+        directory = hf.resolve_checkpoint(ref)
+        config = hf.read_config(directory)
+        return ModelChoice(spec_for_config(plugins, config, ref), ref, checkpoint=directory)
+    if ":" in ref and name not in plugins.models:
+        raise UnknownNameError("model", name, plugins.models.names())
+    raise UnknownNameError(
+        "model",
+        ref,
+        plugins.models.names(),
+        "Pass a registered name, NAME:PRESET, a config.json, a checkpoint directory or a "
+        "Hugging Face repo id.",
+    )
+
+
+def spec_for_config(plugins: Plugins, config: Mapping[str, Any], source: str) -> ModelSpec:
+    """The registered model that loads this HF config (by model_type, then architectures)."""
+    model_type = config.get("model_type")
+    architectures = set(config.get("architectures") or ())
+    for _, spec, _ in plugins.models.items():
+        if model_type and model_type in spec.model_types:
+            return spec
+    for _, spec, _ in plugins.models.items():
+        if architectures & set(spec.architectures):
+            return spec
+    loaders = [f"{n} ({', '.join(s.model_types) or '-'})" for n, s, _ in plugins.models.items()]
+    raise PsycheError(
+        f"{source}: no installed model plugin loads model_type {model_type!r} "
+        f"(installed: {'; '.join(loaders) or 'none'}). Install a plugin that does, "
+        "e.g. psyche-hf for any transformers model."
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PsycheError(
+            f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PsycheError(
+                f"--device {name}: CUDA is not available here (no GPU, or torch built "
+                "without CUDA); use --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise PsycheError(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise PsycheError(f"--device {name}: MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise PsycheError(f"--device {name}: unsupported device type; use cpu, cuda or mps")
+    return device
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    if name is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = hf.parse_dtype(name)
+    assert dtype is not None
+    return dtype
+
+
+def optimizer_name(options: Options) -> str:
+    if options.distro:
+        if options.optimizer not in ("adamw", "distro"):
+            raise PsycheError(f"--distro conflicts with --optimizer {options.optimizer}")
+        return "distro"
+    return options.optimizer
+
+
+def data_provider_name(options: Options) -> str:
+    if options.data_provider:
+        return options.data_provider
+    if options.data_path:
+        return "local"
+    if options.data_url:
+        return "http"
+    return "sample"
+
+
+def check_numbers(options: Options) -> None:
+    rules = [
+        ("learning-rate", options.learning_rate > 0, "must be positive"),
+        ("warmup-steps", options.warmup_steps >= 0, "must be >= 0"),
+        ("total-steps", options.total_steps >= 1, "must be at least 1"),
+        ("sequence-length", options.sequence_length >= 2, "must be at least 2"),
+        ("max-grad-norm", options.max_grad_norm >= 0, "must be >= 0 (0 disables clipping)"),
+        ("data-parallelism", options.data_parallelism >= 1, "must be at least 1"),
+        ("start-step", options.start_step >= 1, "must be at least 1"),
+    ]
+    for flag, ok, rule in rules:
+        if not ok:
+            raise PsycheError(f"--{flag} {rule}, got {options[flag]}")
+    if options.start_step > options.total_steps:
+        raise PsycheError(
+            f"--start-step {options.start_step} is past --total-steps {options.total_steps}"
+        )
+    if options.total_steps <= options.warmup_steps:
+        raise PsycheError(
+            f"--total-steps ({options.total_steps}) must be larger than --warmup-steps "
+            f"({options.warmup_steps})"
+        )
+
+
+def train(
+    options: Options,
+    plugins: Plugins,
+    console: Console | None = None,
+    stop: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Run ``psyche train`` with resolved options; returns peer 0's summary."""
+    console = console or Console(stderr=True)
+    check_numbers(options)
+    choice = resolve_model(plugins, options.model)
+    data_spec = plugins.data_providers.get(data_provider_name(options))
+    optimizer_spec = plugins.optimizers.get(optimizer_name(options))
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device)
+    plan_batches(options.total_batch, options.micro_batch, options.data_parallelism)
+    schedule = CosineLR(
+        options.learning_rate,
+        options.warmup_steps,
+        0.0,
+        options.total_steps,
+        options.learning_rate / 10,
+    )
+    config = TrainerConfig(
+        total_batch=options.total_batch,
+        total_steps=options.total_steps,
+        micro_batch=options.micro_batch,
+        start_step=options.start_step,
+        max_grad_norm=options.max_grad_norm,
+        grad_accum_in_fp32=options.grad_accum_in_fp32,
+        optim_stats=options.optim_stats,
+    )
+    seed = 0 if options.seed is None else options.seed
+    make_data = data_spec.load()
+    make_optimizer = optimizer_spec.load()
+
+    def peer(comm: Communicator) -> dict[str, Any]:
+        torch.manual_seed(seed)
+        model = choice.build(seed, device=device, dtype=dtype)
+        model.set_attn_implementation(options.attn_implementation)
+        model.apply_options(options)
+        comm.broadcast_(list(model.state_dict().values()), src=0)
+        data = make_data(options)
+        try:
+            optimizer = make_optimizer(model, options)
+            reporters: list[Reporter] = []
+            if comm.rank == 0:
+                _print_header(console, options, choice, model, data, optimizer_spec.name, device)
+                reporters.append(ConsoleProgress(console, options.total_steps))
+                if options.metrics:
+                    reporters.append(JsonlMetrics(options.metrics))
+            trainer = Trainer(
+                model, data, optimizer, schedule, config, comm, reporters, device=device
+            )
+            summary = trainer.train(stop)
+        finally:
+            data.close()
+        if comm.rank == 0 and options.save_path:
+            model.save_pretrained(options.save_path)
+            summary["saved"] = options.save_path
+        return summary
+
+    summary = run_local_peers(options.data_parallelism, peer)[0]
+    _print_summary(console, summary)
+    return summary
+
+
+def _print_header(
+    console: Console,
+    options: Options,
+    choice: ModelChoice,
+    model: CausalLM,
+    data: Any,
+    optimizer: str,
+    device: torch.device,
+) -> None:
+    dtype = next(model.parameters()).dtype
+    console.print(
+        f"[bold]psyche train[/bold]  model {choice.label} "
+        f"({model.num_parameters() / 1e6:.2f}M params, {hf.dtype_name(dtype)}, {device})",
+        highlight=False,
+    )
+    console.print(f"  data      {data.describe()}", highlight=False)
+    console.print(
+        f"  optimizer {optimizer}, lr {options.learning_rate:g} (warmup {options.warmup_steps}, "
+        f"cosine to {options.learning_rate / 10:g} at step {options.total_steps})",
+        highlight=False,
+    )
+    console.print(
+        f"  batch     {options.total_batch} x {options.sequence_length} tokens over "
+        f"{options.data_parallelism} peer(s), steps {options.start_step}..{options.total_steps}",
+        highlight=False,
+    )
+
+
+def _print_summary(console: Console, summary: dict[str, Any]) -> None:
+    if summary["last_step"] < summary["first_step"]:
+        console.print("no steps run", highlight=False)
+        return
+    rate = summary["tokens"] / summary["elapsed_s"] if summary["elapsed_s"] else 0.0
+    line = (
+        f"done: steps {summary['first_step']}..{summary['last_step']}, final loss "
+        f"{summary['loss']:.4f}, {summary['elapsed_s']:.1f}s, {rate:,.0f} tokens/s"
+    )
+    if summary.get("stopped"):
+        line = "stopped early; " + line
+    console.print(line, highlight=False)
+    if summary.get("saved"):
+        console.print(f"saved model to {summary['saved']}", highlight=False)

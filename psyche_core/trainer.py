@@ -1,0 +1,291 @@
+"""The training loop: one peer's view of a data-parallel run.
+
+Each peer runs a :class:`Trainer` over its own model replica, data provider and optimizer; peers
+meet only in the communicator's collectives, so the same code runs as threads of one process
+(``LocalCommunicator``) or as processes on several machines (``torch.distributed``).
+
+Global step ``s`` uses samples ``(s-1)*B .. s*B-1`` of the provider (``B`` = total batch,
+wrapping past the end for multi-epoch runs); peer ``r`` of ``N`` takes the ``r``-th slice of
+``B/N`` samples and runs it as micro-batches, each loss divided by the number of micro-batches
+(so the accumulated gradient is the mean), then the optimizer takes one step.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from psyche_core.comm import Communicator, LocalGroup
+from psyche_core.data import DataProvider, TokenizedData, collate
+from psyche_core.errors import PsycheError
+from psyche_core.model import CausalLM
+from psyche_core.optim import Optimizer, StepContext, clip_grad_norm_
+from psyche_core.schedule import LRSchedule
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """The loop's settings (the ``psyche train`` flags of the same names)."""
+
+    total_batch: int
+    total_steps: int
+    micro_batch: int | None = None
+    start_step: int = 1
+    max_grad_norm: float = 1.0
+    grad_accum_in_fp32: bool = False
+    optim_stats: bool = False
+
+
+class Reporter(Protocol):
+    """Receives metrics on peer 0 (console, JSONL file, TensorBoard...)."""
+
+    def on_start(self, info: dict[str, Any]) -> None: ...
+
+    def on_step(self, metrics: dict[str, Any]) -> None: ...
+
+    def on_end(self, summary: dict[str, Any]) -> None: ...
+
+
+def plan_batches(total_batch: int, micro_batch: int | None, world_size: int) -> tuple[int, int]:
+    """``(per_peer, micro_batch)``; a clear error when the batch cannot be split evenly."""
+    if total_batch < 1:
+        raise PsycheError(f"--total-batch must be at least 1, got {total_batch}")
+    if total_batch % world_size:
+        raise PsycheError(
+            f"--total-batch {total_batch} cannot be split evenly over {world_size} data-parallel "
+            f"peers; use a multiple of {world_size}"
+        )
+    per_peer = total_batch // world_size
+    micro = per_peer if micro_batch is None else micro_batch
+    if micro < 1:
+        raise PsycheError(f"--micro-batch must be at least 1, got {micro}")
+    if per_peer % micro:
+        raise PsycheError(
+            f"each peer's share of --total-batch ({total_batch} / {world_size} peers = "
+            f"{per_peer}) must be a multiple of --micro-batch {micro}"
+        )
+    return per_peer, micro
+
+
+class Trainer:
+    """Trains ``model`` on ``data`` with ``optimizer``, as peer ``communicator.rank``."""
+
+    def __init__(
+        self,
+        model: CausalLM,
+        data: DataProvider,
+        optimizer: Optimizer,
+        schedule: LRSchedule,
+        config: TrainerConfig,
+        communicator: Communicator | None = None,
+        reporters: Sequence[Reporter] = (),
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.model = model
+        self.data = data
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.config = config
+        self.comm = communicator or LocalGroup(1).communicator(0)
+        self.reporters = list(reporters)
+        self.device = torch.device(device)
+        self.per_peer, self.micro_batch = plan_batches(
+            config.total_batch, config.micro_batch, self.comm.world_size
+        )
+        if config.start_step < 1:
+            raise PsycheError(f"--start-step must be at least 1, got {config.start_step}")
+        if data.num_sequences < 1:
+            raise PsycheError(f"the data provider has no sequences ({data.describe()})")
+        self.next_step = config.start_step
+        self.tokens_seen = 0
+        self.stop_agreed = False  # set when any peer asked to stop; all peers see it together
+        self._prefetch = _Prefetcher(data, self.sample_ids)
+
+    # -- data addressing ------------------------------------------------------------------------
+
+    def sample_ids(self, step: int) -> Sequence[int]:
+        """This peer's sample indices for global ``step`` (wrapping past the end)."""
+        first = (step - 1) * self.config.total_batch + self.comm.rank * self.per_peer
+        n = self.data.num_sequences
+        start = first % n
+        if start + self.per_peer <= n:
+            return range(start, start + self.per_peer)
+        return [(first + i) % n for i in range(self.per_peer)]
+
+    # -- one step -------------------------------------------------------------------------------
+
+    def train_step(self, step: int, stop_requested: bool = False) -> dict[str, Any]:
+        """Run global ``step``; returns its metrics (identical on every peer where averaged)."""
+        started = time.perf_counter()
+        samples, data_wait = self._prefetch.get(step, self.config.total_steps)
+        lr = self.schedule(step)
+        ctx = StepContext(
+            step=step,
+            lr=lr,
+            prev_lr=self.schedule(step - 1) if step > 1 else self.schedule(0),
+            communicator=self.comm,
+            collect_stats=self.config.optim_stats,
+        )
+        bytes_before = self.comm.bytes_sent
+        self.model.train()
+        self.optimizer.prepare_step(ctx)
+        try:
+            local_loss, tokens = self._forward_backward(samples)
+        except BaseException:
+            self.optimizer.abort_step(ctx)
+            raise
+        params = self.optimizer.params
+        if self.optimizer.averages_gradients:
+            grads = [p.grad for p in params if p.grad is not None]
+            self.comm.all_reduce_mean_(grads)
+        norm = clip_grad_norm_(params, self.config.max_grad_norm)
+        stats = self.optimizer.step(ctx)
+        self.optimizer.zero_grad()
+        model_metrics = self.model.step_end(self.comm)
+        bytes_sent = self.comm.bytes_sent - bytes_before
+
+        # One small all-reduce carries everything peers must agree on or report jointly.
+        shared = torch.tensor([local_loss, norm, float(stop_requested)], dtype=torch.float64)
+        bytes_before_shared = self.comm.bytes_sent
+        self.comm.all_reduce_mean_([shared])
+        self.comm.bytes_sent = bytes_before_shared  # bookkeeping, not training traffic
+        loss, mean_norm, stop = shared.tolist()
+        if not math.isfinite(loss):
+            raise PsycheError(
+                f"loss is {loss} at step {step}; lower --learning-rate or check the data"
+            )
+        elapsed = time.perf_counter() - started
+        global_tokens = tokens * self.comm.world_size
+        self.tokens_seen += global_tokens
+        self.next_step = step + 1
+        metrics: dict[str, Any] = {
+            "step": step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": mean_norm,
+            "tokens_per_s": global_tokens / elapsed if elapsed > 0 else 0.0,
+            "tokens": self.tokens_seen,
+            "step_time_s": elapsed,
+            "data_wait_s": data_wait,
+            "bytes_sent": bytes_sent,
+            **stats,
+            **model_metrics,
+        }
+        self.stop_agreed = stop > 0
+        return metrics
+
+    def _forward_backward(self, samples: list[TokenizedData]) -> tuple[float, int]:
+        """Accumulate gradients over micro-batches; returns (mean loss, tokens)."""
+        n_micro = len(samples) // self.micro_batch
+        accumulators = self._fp32_accumulators()
+        total = torch.zeros((), dtype=torch.float32)
+        tokens = 0
+        for i in range(n_micro):
+            chunk = samples[i * self.micro_batch : (i + 1) * self.micro_batch]
+            batch = collate(chunk).to(self.device)
+            output = self.model(
+                batch.input_ids,
+                labels=batch.labels,
+                position_ids=batch.position_ids,
+                sequence_lengths=batch.sequence_lengths,
+                loss_scale=float(n_micro),
+                return_logits=False,
+            )
+            if output.loss is None:
+                raise PsycheError(f"{type(self.model).__name__}.forward returned no loss")
+            output.loss.backward()
+            total += output.loss.detach().float().cpu()
+            tokens += batch.num_tokens
+            if accumulators is not None:
+                for p, acc in accumulators:
+                    if p.grad is not None:
+                        acc += p.grad.float()
+                        p.grad = None
+        if accumulators is not None:
+            for p, acc in accumulators:
+                p.grad = acc.to(p.dtype)
+        return float(total), tokens
+
+    def _fp32_accumulators(self) -> list[tuple[torch.nn.Parameter, torch.Tensor]] | None:
+        if not self.config.grad_accum_in_fp32:
+            return None
+        params = [p for p in self.optimizer.params if p.dtype != torch.float32]
+        if not params:
+            return None  # float32 parameters accumulate in float32 already
+        return [(p, torch.zeros_like(p, dtype=torch.float32)) for p in params]
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def train(self, stop: threading.Event | None = None) -> dict[str, Any]:
+        """Run steps ``next_step .. total_steps``; returns a summary.
+
+        ``stop`` (set by a signal handler) ends the run after the current step, on every peer at
+        the same step.
+        """
+        first = self.next_step
+        summary: dict[str, Any] = {"first_step": first, "last_step": first - 1, "stopped": False}
+        started = time.perf_counter()
+        for reporter in self.reporters:
+            reporter.on_start({"first_step": first, "total_steps": self.config.total_steps})
+        try:
+            for step in range(first, self.config.total_steps + 1):
+                metrics = self.train_step(step, stop_requested=bool(stop and stop.is_set()))
+                summary.update(last_step=step, loss=metrics["loss"])
+                for reporter in self.reporters:
+                    reporter.on_step(metrics)
+                if self.stop_agreed:
+                    summary["stopped"] = True
+                    break
+        finally:
+            self._prefetch.close()
+        summary["elapsed_s"] = time.perf_counter() - started
+        summary["tokens"] = self.tokens_seen
+        for reporter in self.reporters:
+            reporter.on_end(summary)
+        return summary
+
+
+class _Prefetcher:
+    """Fetches the next step's samples on a background thread while this step computes."""
+
+    def __init__(self, data: DataProvider, ids_for: Callable[[int], Sequence[int]]) -> None:
+        self._data = data
+        self._ids_for = ids_for
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="psyche-prefetch")
+        self._pending: tuple[int, Future[list[TokenizedData]]] | None = None
+
+    def _fetch(self, step: int) -> list[TokenizedData]:
+        ids = self._ids_for(step)
+        samples = self._data.get_samples(ids)
+        if len(samples) != len(ids):
+            raise PsycheError(
+                f"data provider returned {len(samples)} samples for {len(ids)} ids at step {step}"
+            )
+        return samples
+
+    def get(self, step: int, last_step: int) -> tuple[list[TokenizedData], float]:
+        waited = time.perf_counter()
+        if self._pending is not None and self._pending[0] == step:
+            samples = self._pending[1].result()
+        else:
+            if self._pending is not None:
+                self._pending[1].cancel()
+            samples = self._fetch(step)
+        self._pending = None
+        wait = time.perf_counter() - waited
+        if step < last_step:
+            self._pending = (step + 1, self._pool.submit(self._fetch, step + 1))
+        return samples, wait
+
+    def close(self) -> None:
+        if self._pending is not None:
+            self._pending[1].cancel()
+            self._pending = None
+        self._pool.shutdown(wait=True, cancel_futures=True)

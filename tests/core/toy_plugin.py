@@ -1,0 +1,121 @@
+"""A tiny model and data provider, registered like a third-party plugin, for core tests.
+
+The model is a real causal LM (embedding, a causal previous-token mix, a head), small enough
+that a trainer test runs in milliseconds; the data is a deterministic next-token pattern it can
+learn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from psyche_core import DataProviderSpec, ModelSpec, hookimpl
+from psyche_core.data import DataProvider, TokenizedData
+from psyche_core.errors import PsycheError
+from psyche_core.model import CausalLM, CausalLMOutput, ModelConfig
+
+
+@dataclasses.dataclass(kw_only=True)
+class ToyConfig(ModelConfig):
+    model_type = "toy"
+    architectures = ("ToyForCausalLM",)
+
+    vocab_size: int = 32
+    hidden_size: int = 16
+    max_position_embeddings: int = 256
+    initializer_range: float = 0.02
+
+
+class ToyForCausalLM(CausalLM):
+    config_class = ToyConfig
+
+    def __init__(self, config: ToyConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.mix = nn.Linear(2 * config.hidden_size, config.hidden_size)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def forward(
+        self,
+        input_ids,
+        labels=None,
+        position_ids=None,
+        sequence_lengths=None,
+        num_logits_to_keep=None,
+        loss_scale=None,
+        return_logits=True,
+    ):
+        h = self.embed_tokens(input_ids)  # (B, T, H)
+        previous = F.pad(h, (0, 0, 1, 0))[:, :-1]  # token t sees token t-1
+        if sequence_lengths is not None:
+            keep = torch.ones(input_ids.shape, dtype=h.dtype)
+            for row, lengths in enumerate(sequence_lengths):
+                starts = np.cumsum([0, *lengths[:-1]])
+                keep[row, starts] = 0.0  # a document's first token sees nothing before it
+            previous = previous * keep.unsqueeze(-1)
+        h = torch.tanh(self.mix(torch.cat([h, previous], dim=-1)))
+        logits = self.lm_head(h)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+                labels[:, 1:].reshape(-1),
+                ignore_index=-100,
+            )
+            if loss_scale is not None:
+                loss = loss / loss_scale
+        if num_logits_to_keep:
+            logits = logits[:, -num_logits_to_keep:]
+        return CausalLMOutput(logits, loss)
+
+
+class PatternData(DataProvider):
+    """Sequence i is ``(i + 3 t) mod vocab``: each token predicts the next."""
+
+    def __init__(self, sequence_length: int, vocab: int = 32, n: int = 64) -> None:
+        self.sequence_length = sequence_length
+        self.vocab = vocab
+        self.n = n
+        self.requests: list[list[int]] = []
+
+    @property
+    def num_sequences(self) -> int:
+        return self.n
+
+    def get_samples(self, ids):
+        ids = list(ids)
+        self.requests.append(ids)
+        out = []
+        for i in ids:
+            if not 0 <= i < self.n:
+                raise PsycheError(f"sample {i} out of range")
+            tokens = (i + 3 * np.arange(self.sequence_length)) % self.vocab
+            out.append(TokenizedData(input_ids=tokens.astype(np.int64)))
+        return out
+
+
+def build_data(options):
+    return PatternData(options.sequence_length)
+
+
+@hookimpl
+def register_models(register):
+    register(
+        ModelSpec(
+            name="toy",
+            cls="tests.core.toy_plugin:ToyForCausalLM",
+            model_types=("toy",),
+            architectures=("ToyForCausalLM",),
+            presets={"tiny": {"vocab_size": 32, "hidden_size": 16}},
+        )
+    )
+
+
+@hookimpl
+def register_data_providers(register):
+    register(DataProviderSpec(name="toy", factory="tests.core.toy_plugin:build_data"))
