@@ -103,7 +103,22 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
         "data-parallelism",
         int,
         1,
-        "Number of data-parallel peers (in-process threads sharing this machine).",
+        "Number of data-parallel peers started on this machine (under torchrun: the world "
+        "size torchrun gives).",
+    ),
+    OptionSpec(
+        "dp-backend",
+        ("auto", "gloo", "nccl", "threads"),
+        "auto",
+        "How peers talk: gloo (CPU) or nccl (CUDA) processes via torch.distributed (auto "
+        "picks by device), or threads of this one process (simulated peers).",
+    ),
+    OptionSpec(
+        "peer-timeout",
+        float,
+        300.0,
+        "Seconds a peer waits for the others in a collective before the run stops with an "
+        "error (a dead or hung peer).",
     ),
     OptionSpec(
         "optim-stats",

@@ -82,6 +82,8 @@ class Plugins:
             "optimizer", "Optimizers: pip install psyche-distro."
         )
         self.infos: list[PluginInfo] = []
+        #: how this set was loaded, so worker processes can load the same set
+        self.load_args: tuple[bool, tuple[str, ...]] = (False, ())
 
     # -- loading --------------------------------------------------------------------------------
 
@@ -99,9 +101,17 @@ class Plugins:
         if entry_points:
             for ep in _selected_entry_points():
                 plugins.add_entry_point(ep)
+        extra = list(extra)
         for module in extra:
             plugins.add_module(module, module.__name__)
+        plugins.load_args = (entry_points, tuple(m.__name__ for m in extra))
         return plugins
+
+    @classmethod
+    def reload(cls, load_args: tuple[bool, tuple[str, ...]]) -> Plugins:
+        """Load the same set again (in a worker process) from ``load_args``."""
+        entry_points, modules = load_args
+        return cls.load(entry_points, [importlib.import_module(name) for name in modules])
 
     def add_entry_point(self, ep: importlib.metadata.EntryPoint) -> PluginInfo:
         dist = getattr(ep, "dist", None)

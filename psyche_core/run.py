@@ -7,6 +7,8 @@ peer 0), data provider and optimizer, and trains.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,12 +20,20 @@ from rich.console import Console
 
 from psyche_core import hf
 from psyche_core.comm import Communicator, run_local_peers
+from psyche_core.distributed import (
+    TorchDistributedCommunicator,
+    default_backend,
+    join_from_environment,
+    launched_by_torchrun,
+    spawn_peers,
+)
 from psyche_core.errors import PsycheError, UnknownNameError
 from psyche_core.model import CausalLM
 from psyche_core.options import Options
 from psyche_core.plugins import Plugins
 from psyche_core.reporting import ConsoleProgress, JsonlMetrics
 from psyche_core.schedule import CosineLR
+from psyche_core.signals import stop_on_signals
 from psyche_core.specs import ModelSpec
 from psyche_core.trainer import Reporter, Trainer, TrainerConfig, plan_batches
 
@@ -174,28 +184,120 @@ def check_numbers(options: Options) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Job:
+    """Everything a peer needs to build its part of the run; picklable for worker processes."""
+
+    options: dict[str, Any]
+    plugin_load_args: tuple[bool, tuple[str, ...]]
+
+
+def prepare(options: Options, plugins: Plugins, world_size: int) -> dict[str, Any]:
+    """Check every user-facing choice once, before any peer starts; returns resolved parts."""
+    check_numbers(options)
+    device = resolve_device(options.device)
+    plan_batches(options.total_batch, options.micro_batch, world_size)
+    return {
+        "model": resolve_model(plugins, options.model),
+        "data": plugins.data_providers.get(data_provider_name(options)),
+        "optimizer": plugins.optimizers.get(optimizer_name(options)),
+        "device": device,
+        "dtype": resolve_dtype(options.dtype, device),
+    }
+
+
 def train(
     options: Options,
     plugins: Plugins,
     console: Console | None = None,
     stop: threading.Event | None = None,
 ) -> dict[str, Any]:
-    """Run ``psyche train`` with resolved options; returns peer 0's summary."""
+    """Run ``psyche train`` with resolved options; returns peer 0's summary.
+
+    Under torchrun this process is one peer; otherwise ``--data-parallelism N`` peers are
+    started here, as processes (gloo / NCCL) or as threads (``--dp-backend threads``).
+    """
     console = console or Console(stderr=True)
-    check_numbers(options)
-    choice = resolve_model(plugins, options.model)
-    data_spec = plugins.data_providers.get(data_provider_name(options))
-    optimizer_spec = plugins.optimizers.get(optimizer_name(options))
-    device = resolve_device(options.device)
-    dtype = resolve_dtype(options.dtype, device)
-    plan_batches(options.total_batch, options.micro_batch, options.data_parallelism)
-    schedule = CosineLR(
-        options.learning_rate,
-        options.warmup_steps,
-        0.0,
-        options.total_steps,
-        options.learning_rate / 10,
-    )
+    rank = 0
+    if launched_by_torchrun():
+        world = int(os.environ["WORLD_SIZE"])
+        if options.data_parallelism not in (1, world):
+            raise PsycheError(
+                f"--data-parallelism {options.data_parallelism} disagrees with torchrun's "
+                f"world size {world}; leave it out under torchrun"
+            )
+        options = options.replace(data_parallelism=world)
+        job = Job(dict(options), plugins.load_args)
+        parts = prepare(options, plugins, world)
+        device = _local_device(parts["device"])
+        comm = join_from_environment(device, options.peer_timeout)
+        rank = comm.rank
+        try:
+            summary = run_peer(comm, job, plugins, console, stop, device)
+        finally:
+            comm.close()
+    else:
+        job = Job(dict(options), plugins.load_args)
+        world = options.data_parallelism
+        parts = prepare(options, plugins, world)
+        backend = options.dp_backend
+        if backend == "auto":
+            backend = default_backend(parts["device"])
+        if world == 1 or backend == "threads":
+            summary = run_local_peers(
+                world,
+                lambda comm: run_peer(comm, job, plugins, console, stop),
+                timeout=options.peer_timeout,
+            )[0]
+        else:
+            if backend == "nccl" and torch.cuda.device_count() < world:
+                raise PsycheError(
+                    f"--data-parallelism {world} with NCCL needs {world} GPUs; "
+                    f"{torch.cuda.device_count()} present"
+                )
+            summary = spawn_peers(world, backend, options.peer_timeout, _process_peer, job, stop)[0]
+    if rank == 0:
+        _print_summary(console, summary)
+    return summary
+
+
+def _local_device(device: torch.device) -> torch.device:
+    if device.type == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
+def _process_peer(comm: Communicator, job: Job) -> dict[str, Any]:
+    """Entry point of a worker process started by ``spawn_peers``."""
+    plugins = Plugins.reload(job.plugin_load_args)
+    # Ctrl-C reaches every process of the terminal's group; only the parent handles it (and
+    # forwards SIGTERM), so every worker stops after the same step.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    device = comm.device if isinstance(comm, TorchDistributedCommunicator) else None
+    with stop_on_signals((signal.SIGTERM,), quiet=True) as stop:
+        return run_peer(comm, job, plugins, Console(stderr=True), stop, device)
+
+
+def run_peer(
+    comm: Communicator,
+    job: Job,
+    plugins: Plugins,
+    console: Console,
+    stop: threading.Event | None,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    """One peer: build model, data and optimizer, agree with the others, train, save."""
+    options = Options(job.options)
+    parts = prepare(options, plugins, comm.world_size)
+    device = device or parts["device"]
+    check_same_config(comm, options, plugins)
+    seed = 0 if options.seed is None else options.seed
+    torch.manual_seed(seed)
+    choice: ModelChoice = parts["model"]
+    model = choice.build(seed, device=device, dtype=parts["dtype"])
+    model.set_attn_implementation(options.attn_implementation)
+    model.apply_options(options)
+    comm.broadcast_(list(model.state_dict().values()), src=0)
     config = TrainerConfig(
         total_batch=options.total_batch,
         total_steps=options.total_steps,
@@ -205,39 +307,62 @@ def train(
         grad_accum_in_fp32=options.grad_accum_in_fp32,
         optim_stats=options.optim_stats,
     )
-    seed = 0 if options.seed is None else options.seed
-    make_data = data_spec.load()
-    make_optimizer = optimizer_spec.load()
-
-    def peer(comm: Communicator) -> dict[str, Any]:
-        torch.manual_seed(seed)
-        model = choice.build(seed, device=device, dtype=dtype)
-        model.set_attn_implementation(options.attn_implementation)
-        model.apply_options(options)
-        comm.broadcast_(list(model.state_dict().values()), src=0)
-        data = make_data(options)
-        try:
-            optimizer = make_optimizer(model, options)
-            reporters: list[Reporter] = []
-            if comm.rank == 0:
-                _print_header(console, options, choice, model, data, optimizer_spec.name, device)
-                reporters.append(ConsoleProgress(console, options.total_steps))
-                if options.metrics:
-                    reporters.append(JsonlMetrics(options.metrics))
-            trainer = Trainer(
-                model, data, optimizer, schedule, config, comm, reporters, device=device
-            )
-            summary = trainer.train(stop)
-        finally:
-            data.close()
-        if comm.rank == 0 and options.save_path:
-            model.save_pretrained(options.save_path)
-            summary["saved"] = options.save_path
-        return summary
-
-    summary = run_local_peers(options.data_parallelism, peer)[0]
-    _print_summary(console, summary)
+    schedule = CosineLR(
+        options.learning_rate,
+        options.warmup_steps,
+        0.0,
+        options.total_steps,
+        options.learning_rate / 10,
+    )
+    data = parts["data"].load()(options)
+    try:
+        optimizer = parts["optimizer"].load()(model, options)
+        reporters: list[Reporter] = []
+        if comm.rank == 0:
+            _print_header(console, options, choice, model, data, parts["optimizer"].name, device)
+            reporters.append(ConsoleProgress(console, options.total_steps))
+            if options.metrics:
+                reporters.append(JsonlMetrics(options.metrics))
+        trainer = Trainer(model, data, optimizer, schedule, config, comm, reporters, device=device)
+        summary = trainer.train(stop)
+    finally:
+        data.close()
+    if comm.rank == 0 and options.save_path:
+        model.save_pretrained(options.save_path)
+        summary["saved"] = options.save_path
     return summary
+
+
+# Options that may differ between peers without changing what is trained.
+_PER_PEER_OPTIONS = frozenset({"device", "metrics", "save_path", "config"})
+
+
+def config_fingerprint(options: Options, plugins: Plugins) -> dict[str, Any]:
+    from psyche_core import __version__
+
+    fingerprint = {k: v for k, v in options.items() if k not in _PER_PEER_OPTIONS}
+    fingerprint["psyche_version"] = __version__
+    fingerprint["plugins"] = sorted(
+        f"{i.name}={i.version}" for i in plugins.infos if i.error is None
+    )
+    return fingerprint
+
+
+def check_same_config(comm: Communicator, options: Options, plugins: Plugins) -> None:
+    """Refuse to start when peers were launched with different settings or plugins."""
+    if comm.world_size == 1:
+        return
+    mine = config_fingerprint(options, plugins)
+    everyone = comm.all_gather_object(mine)
+    for rank, theirs in enumerate(everyone):
+        if theirs != everyone[0]:
+            keys = sorted(
+                k for k in set(theirs) | set(everyone[0]) if theirs.get(k) != everyone[0].get(k)
+            )
+            raise PsycheError(
+                f"peer {rank} was started with a different configuration than peer 0 "
+                f"(differs in: {', '.join(keys)}); start every peer with the same options"
+            )
 
 
 def _print_header(

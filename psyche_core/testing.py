@@ -99,8 +99,8 @@ def check_overfits(model: CausalLM, steps: int = 40, lr: float = 1e-2) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        first = float(loss) if first is None else first
-        last = float(loss)
+        last = loss.item()
+        first = last if first is None else first
     assert first is not None and last is not None
     assert last < 0.5 * first, f"loss fell only from {first:.3f} to {last:.3f} in {steps} steps"
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -14,6 +11,7 @@ from click.core import ParameterSource
 from psyche_core.errors import PsycheError
 from psyche_core.options import collect_option_specs, resolve
 from psyche_core.plugins import Plugins
+from psyche_core.signals import stop_on_signals
 from psyche_core.specs import OptionSpec
 
 
@@ -76,10 +74,10 @@ def make_train_command(plugins: Plugins) -> click.Command:
         options = resolve(specs, given, config)
         from psyche_core import run  # torch is imported only when training
 
-        with _stop_on_signals() as stop:
+        with stop_on_signals() as stop:
             summary = run.train(options, plugins, stop=stop)
         if summary.get("stopped"):
-            raise click.exceptions.Exit(130)
+            raise click.exceptions.Exit(stop.exit_code)
 
     return click.Command("train", params=params, callback=callback, help=TRAIN_HELP)
 
@@ -94,25 +92,3 @@ def _broken_train_command(exc: PsycheError) -> click.Command:
         help=f"Unavailable: {exc}",
         context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
     )
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """SIGINT / SIGTERM ask the run to stop after the current step; a second one aborts."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        click.echo("stopping after the current step (again to abort)", err=True)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

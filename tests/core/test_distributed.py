@@ -1,0 +1,100 @@
+"""Peers as real processes on torch.distributed (gloo on 127.0.0.1)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from psyche_core import run
+from psyche_core.comm import PeerFailure
+from psyche_core.distributed import spawn_peers
+from psyche_core.errors import PsycheError
+from tests.core import peer_functions
+from tests.core.test_trainer import options, read_metrics
+from tests.core.toy_plugin import ToyForCausalLM
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gloo_collectives_match_the_in_process_ones():
+    results = spawn_peers(2, "gloo", 30, peer_functions.gather_ranks, None)
+    assert results == [
+        (0, [0.5, 0.5], [[0], [0, 1]]),
+        (1, [0.5, 0.5], [[0], [0, 1]]),
+    ]
+
+
+def test_threads_and_gloo_processes_train_the_same(tmp_path, plugins):
+    losses, weights = {}, {}
+    for backend in ("threads", "gloo"):
+        out = tmp_path / backend
+        run.train(options(out, data_parallelism=2, micro_batch=2, dp_backend=backend), plugins)
+        losses[backend] = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
+        weights[backend] = ToyForCausalLM.from_pretrained(out / "model").state_dict()
+    assert losses["threads"] == pytest.approx(losses["gloo"], abs=1e-6)
+    for key, value in weights["threads"].items():
+        torch.testing.assert_close(value, weights["gloo"][key], rtol=0, atol=1e-6)
+
+
+def test_a_peer_with_another_config_is_refused_at_start_up():
+    with pytest.raises(
+        PsycheError,
+        match=r"peer 1 was started with a different configuration "
+        r"than peer 0 \(differs in: learning_rate\)",
+    ):
+        spawn_peers(2, "gloo", 30, peer_functions.mismatched_config, None)
+
+
+def test_a_dead_peer_stops_the_run_with_a_clear_error():
+    with pytest.raises(PeerFailure, match="peer 1 of 2 died"):
+        spawn_peers(2, "gloo", 20, peer_functions.one_peer_dies, None)
+
+
+def test_a_hung_peer_times_out(tmp_path):
+    with pytest.raises((PeerFailure, PsycheError), match="did not answer within 2s"):
+        spawn_peers(2, "gloo", 2, peer_functions.one_peer_hangs, None)
+
+
+def test_torchrun_joins_the_process_group_by_itself(tmp_path):
+    metrics = tmp_path / "m.jsonl"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--standalone",
+            str(ROOT / "tests" / "core" / "torchrun_entry.py"),
+            "train",
+            "--model",
+            "toy",
+            "--data-provider",
+            "toy",
+            "--sequence-length",
+            "8",
+            "--total-batch",
+            "4",
+            "--total-steps",
+            "3",
+            "--warmup-steps",
+            "1",
+            "--metrics",
+            str(metrics),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # rank 0 alone writes metrics
+    assert result.stderr.count("psyche train  model toy") == 1  # and alone logs
+    assert "over 2 peer(s)" in result.stderr
