@@ -82,3 +82,16 @@ def test_train_uses_the_installed_example(installed, tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3]
     config = json.loads((tmp_path / "saved" / "config.json").read_text())
     assert config["model_type"] == "psyche_gru"
+
+
+def test_the_examples_own_tests_pass_with_the_conformance_kit(installed):
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
+        env=installed,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=EXAMPLE,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "1 passed" in result.stdout
