@@ -1,3 +1,4 @@
 from psyche_core.cli import main
 
-main()
+if __name__ == "__main__":  # worker processes re-import this module; only the parent runs
+    main()

@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import multiprocessing
 import os
+import pickle
 import queue as queue_module
 import signal
 import threading
@@ -147,7 +148,9 @@ def _worker(
         device = torch.device("cpu") if backend == "gloo" else torch.device("cuda", rank)
         comm = TorchDistributedCommunicator(device, timeout)
         result = fn(comm, payload)
-        results.put(("ok", rank, result))
+        # Plain pickle copies tensor data into the message; the queue's own pickler would share
+        # tensors through file descriptors that vanish when this worker exits.
+        results.put(("ok", rank, pickle.dumps(result)))
     except PsycheError as exc:
         results.put(("psyche-error", rank, str(exc)))
         raise SystemExit(1) from None
@@ -275,4 +278,4 @@ def _unpack(outcomes: dict[int, tuple[str, Any]], processes: list[Any], world: i
         # Prefer the root cause over the survivors' "another peer failed" reports.
         own = [e for e in psyche_errors if "another peer" not in e[1]]
         raise PsycheError((own or psyche_errors)[0][1])
-    return [outcomes[rank][1] for rank in range(world)]
+    return [pickle.loads(outcomes[rank][1]) for rank in range(world)]

@@ -198,8 +198,21 @@ def save_checkpoint(
 
 
 def replace_directory(staging: Path, target: Path) -> None:
-    """Move a finished ``staging`` directory to ``target``, replacing what was there."""
+    """Move a finished ``staging`` directory to ``target``, replacing what was there.
+
+    A target holding sub-directories (a save path with step-NNNNNN checkpoints) keeps them: the
+    new files are moved in one by one and stale weight files removed.
+    """
     _fsync_tree(staging)
+    if target.is_dir() and any(p.is_dir() for p in target.iterdir()):
+        new = {p.name for p in staging.iterdir()}
+        for path in staging.iterdir():
+            os.replace(path, target / path.name)
+        for stale in target.glob("model*.safetensors*"):
+            if stale.name not in new:
+                stale.unlink()
+        staging.rmdir()
+        return
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
         os.replace(target, old)

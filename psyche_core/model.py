@@ -246,13 +246,18 @@ class CausalLM(nn.Module, ABC):
         return model.to(device=device, dtype=hf.parse_dtype(dtype) or torch.float32)
 
     def save_pretrained(
-        self, directory: str | os.PathLike[str], *, max_shard_size: int | None = None
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        max_shard_size: int | None = None,
+        extra_files: Mapping[str, str | bytes] | None = None,
     ) -> None:
-        """Write config.json + safetensors that ``transformers`` loads (atomically)."""
+        """Write config.json + safetensors that ``transformers`` loads (atomically), plus any
+        ``extra_files`` (name -> content) in the same directory."""
         config = self.config.to_dict()
         dtype = next(self.parameters()).dtype
         config["torch_dtype"] = hf.dtype_name(dtype)
-        hf.save_checkpoint(directory, config, self.hf_state_dict(), max_shard_size)
+        hf.save_checkpoint(directory, config, self.hf_state_dict(), max_shard_size, extra_files)
 
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
         """The state dict as it goes to disk; tied weights are written once (under the input

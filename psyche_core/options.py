@@ -121,6 +121,27 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
         "error (a dead or hung peer).",
     ),
     OptionSpec(
+        "checkpoint-every",
+        int,
+        0,
+        "Write a resumable checkpoint to SAVE_PATH/step-NNNNNN every this many steps (0: only "
+        "when stopped by a signal, if --save-path is set).",
+    ),
+    OptionSpec("keep-last", int, None, "Keep only the newest this many checkpoints."),
+    OptionSpec(
+        "resume",
+        str,
+        None,
+        "Continue from a checkpoint (a step-NNNNNN folder, or the save path for its newest); "
+        "the run's recorded options are the defaults.",
+    ),
+    OptionSpec(
+        "tensorboard",
+        str,
+        None,
+        "Also log metrics to this TensorBoard directory (needs the tensorboard package).",
+    ),
+    OptionSpec(
         "optim-stats",
         bool,
         False,
@@ -231,11 +252,13 @@ def resolve(
     specs: Iterable[OptionSpec],
     command_line: Mapping[str, Any],
     toml_path: str | Path | None = None,
+    base: Mapping[str, Any] | None = None,
 ) -> Options:
-    """Defaults, overridden by the TOML file, overridden by ``command_line`` (the flags the user
-    actually typed, keyed by option key)."""
+    """Defaults, overridden by ``base`` (a resumed run's recorded options), by the TOML file,
+    then by ``command_line`` (the flags the user actually typed, keyed by option key)."""
     by_key = {spec.key: spec for spec in specs}
     values = {key: spec.default for key, spec in by_key.items()}
+    values.update({k: v for k, v in (base or {}).items() if k in by_key})
     if toml_path is not None:
         for raw_key, value in load_toml(toml_path).items():
             key = raw_key.replace("-", "_")

@@ -20,15 +20,25 @@ from rich.progress import (
 
 
 class JsonlMetrics:
-    """One JSON object per step, flushed as it is written (``--metrics PATH``)."""
+    """One JSON object per step, flushed as it is written (``--metrics PATH``).
 
-    def __init__(self, path: str | Path, append: bool = False) -> None:
+    A resumed run (``resume_at`` = its first step) keeps the lines of earlier steps and drops
+    those at or after it, which a crashed run may have written past its last checkpoint.
+    """
+
+    def __init__(self, path: str | Path, resume_at: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = ""
+        if resume_at is not None and resume_at > 1 and self.path.is_file():
+            kept = "".join(
+                line + "\n"
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) < resume_at
+            )
         # Kept open for the whole run (one line per step); closed in on_end / close.
-        self._file: TextIO | None = open(  # noqa: SIM115
-            self.path, "a" if append else "w", buffering=1
-        )
+        self._file: TextIO | None = open(self.path, "w", buffering=1)  # noqa: SIM115
+        self._file.write(kept)
 
     def on_start(self, info: dict[str, Any]) -> None:
         pass
@@ -52,6 +62,33 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return value
+
+
+class TensorBoardMetrics:
+    """Scalars to TensorBoard (``--tensorboard DIR``), if the tensorboard package is there."""
+
+    def __init__(self, log_dir: str | Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            from psyche_core.errors import PsycheError
+
+            raise PsycheError(
+                "--tensorboard needs the tensorboard package: pip install tensorboard"
+            ) from None
+        self._writer = SummaryWriter(str(log_dir))
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        pass
+
+    def on_step(self, metrics: dict[str, Any]) -> None:
+        step = metrics["step"]
+        for key, value in metrics.items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(key, value, step)
+
+    def on_end(self, summary: dict[str, Any]) -> None:
+        self._writer.close()
 
 
 class ConsoleProgress:

@@ -7,10 +7,11 @@ peer 0), data provider and optimizer, and trains.
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from psyche_core import hf
+from psyche_core import checkpoint, hf
 from psyche_core.comm import Communicator, run_local_peers
 from psyche_core.distributed import (
     TorchDistributedCommunicator,
@@ -29,13 +30,19 @@ from psyche_core.distributed import (
 )
 from psyche_core.errors import PsycheError, UnknownNameError
 from psyche_core.model import CausalLM
-from psyche_core.options import Options
+from psyche_core.options import Options, resolve
 from psyche_core.plugins import Plugins
-from psyche_core.reporting import ConsoleProgress, JsonlMetrics
+from psyche_core.reporting import ConsoleProgress, JsonlMetrics, TensorBoardMetrics
 from psyche_core.schedule import CosineLR
 from psyche_core.signals import stop_on_signals
-from psyche_core.specs import ModelSpec
-from psyche_core.trainer import Reporter, Trainer, TrainerConfig, plan_batches
+from psyche_core.specs import ModelSpec, OptionSpec
+from psyche_core.trainer import (
+    CheckpointPolicy,
+    Reporter,
+    Trainer,
+    TrainerConfig,
+    plan_batches,
+)
 
 
 @dataclass(frozen=True)
@@ -192,13 +199,66 @@ class Job:
     plugin_load_args: tuple[bool, tuple[str, ...]]
 
 
+# Options that define what a run trains on and with; a resumed run may not change them.
+RUN_DEFINING = (
+    "model",
+    "optimizer",
+    "distro",
+    "data_provider",
+    "data_path",
+    "data_url",
+    "sequence_length",
+    "token_size",
+    "total_batch",
+    "seed",
+    "data_parallelism",
+)
+
+
+def resolve_run_options(
+    specs: Sequence[OptionSpec], command_line: Mapping[str, Any], toml_path: str | None
+) -> Options:
+    """Options from defaults, TOML and flags; for ``--resume``, the checkpoint's recorded
+    options sit under the TOML and the flags, and the run-defining ones may not change."""
+    options = resolve(specs, command_line, toml_path)
+    if not options.resume:
+        return options
+    if "start_step" in command_line:
+        raise PsycheError("--resume and --start-step both pick the first step; give only one")
+    found = checkpoint.read(checkpoint.find_checkpoint(options.resume))
+    recorded = found.run.get("options", {})
+    merged = resolve(specs, command_line, toml_path, base=recorded)
+    for key in RUN_DEFINING:
+        if key in recorded and merged[key] != recorded[key]:
+            flag = key.replace("_", "-")
+            raise PsycheError(
+                f"--{flag} {merged[key]!r} differs from the checkpoint's {recorded[key]!r} "
+                f"({found.path}); a resumed run keeps its {flag}"
+            )
+    if found.step >= merged.total_steps:
+        raise PsycheError(
+            f"{found.path} is at step {found.step}, the run's last (--total-steps "
+            f"{merged.total_steps}); raise --total-steps to train further"
+        )
+    return merged.replace(resume=str(found.path), start_step=found.step + 1)
+
+
 def prepare(options: Options, plugins: Plugins, world_size: int) -> dict[str, Any]:
     """Check every user-facing choice once, before any peer starts; returns resolved parts."""
     check_numbers(options)
     device = resolve_device(options.device)
     plan_batches(options.total_batch, options.micro_batch, world_size)
+    if options.resume:
+        config = hf.read_config(options.resume)
+        model = ModelChoice(
+            spec_for_config(plugins, config, options.resume),
+            options.model,
+            checkpoint=Path(options.resume),
+        )
+    else:
+        model = resolve_model(plugins, options.model)
     return {
-        "model": resolve_model(plugins, options.model),
+        "model": model,
         "data": plugins.data_providers.get(data_provider_name(options)),
         "optimizer": plugins.optimizers.get(optimizer_name(options)),
         "device": device,
@@ -217,7 +277,7 @@ def train(
     Under torchrun this process is one peer; otherwise ``--data-parallelism N`` peers are
     started here, as processes (gloo / NCCL) or as threads (``--dp-backend threads``).
     """
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     rank = 0
     if launched_by_torchrun():
         world = int(os.environ["WORLD_SIZE"])
@@ -275,7 +335,7 @@ def _process_peer(comm: Communicator, job: Job) -> dict[str, Any]:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     device = comm.device if isinstance(comm, TorchDistributedCommunicator) else None
     with stop_on_signals((signal.SIGTERM,), quiet=True) as stop:
-        return run_peer(comm, job, plugins, Console(stderr=True), stop, device)
+        return run_peer(comm, job, plugins, Console(stderr=True, soft_wrap=True), stop, device)
 
 
 def run_peer(
@@ -314,6 +374,12 @@ def run_peer(
         options.total_steps,
         options.learning_rate / 10,
     )
+    policy = None
+    if options.save_path:
+        record = run_record(options, plugins, choice, parts, comm.world_size)
+        policy = CheckpointPolicy(
+            options.save_path, options.checkpoint_every, options.keep_last, record
+        )
     data = parts["data"].load()(options)
     try:
         optimizer = parts["optimizer"].load()(model, options)
@@ -322,19 +388,48 @@ def run_peer(
             _print_header(console, options, choice, model, data, parts["optimizer"].name, device)
             reporters.append(ConsoleProgress(console, options.total_steps))
             if options.metrics:
-                reporters.append(JsonlMetrics(options.metrics))
-        trainer = Trainer(model, data, optimizer, schedule, config, comm, reporters, device=device)
+                reporters.append(JsonlMetrics(options.metrics, resume_at=options.start_step))
+            if options.tensorboard:
+                reporters.append(TensorBoardMetrics(options.tensorboard))
+        trainer = Trainer(model, data, optimizer, schedule, config, comm, reporters, device, policy)
+        if options.resume:
+            found = checkpoint.read(options.resume)
+            trainer.load_peer_state(
+                found.peer_state(comm.rank), found.step, found.trainer.get("tokens", 0)
+            )
         summary = trainer.train(stop)
     finally:
         data.close()
-    if comm.rank == 0 and options.save_path:
+    if comm.rank == 0 and options.save_path and not summary.get("stopped"):
         model.save_pretrained(options.save_path)
         summary["saved"] = options.save_path
     return summary
 
 
+def run_record(
+    options: Options,
+    plugins: Plugins,
+    choice: ModelChoice,
+    parts: dict[str, Any],
+    world_size: int,
+) -> dict[str, Any]:
+    """What a checkpoint records about the run that wrote it."""
+    from psyche_core import __version__
+
+    return {
+        "psyche_version": __version__,
+        "options": {k: v for k, v in options.items() if k not in ("resume", "start_step")},
+        "model": {"label": choice.label, "spec": choice.spec.name},
+        "optimizer": parts["optimizer"].name,
+        "data_provider": parts["data"].name,
+        "world_size": world_size,
+        "plugins": {i.name: i.version for i in plugins.infos if i.error is None},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 # Options that may differ between peers without changing what is trained.
-_PER_PEER_OPTIONS = frozenset({"device", "metrics", "save_path", "config"})
+_PER_PEER_OPTIONS = frozenset({"device", "metrics", "save_path", "tensorboard"})
 
 
 def config_fingerprint(options: Options, plugins: Plugins) -> dict[str, Any]:
@@ -397,13 +492,19 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     if summary["last_step"] < summary["first_step"]:
         console.print("no steps run", highlight=False)
         return
-    rate = summary["tokens"] / summary["elapsed_s"] if summary["elapsed_s"] else 0.0
+    tokens = summary["tokens"]
+    rate = tokens / summary["elapsed_s"] if summary["elapsed_s"] else 0.0
     line = (
         f"done: steps {summary['first_step']}..{summary['last_step']}, final loss "
         f"{summary['loss']:.4f}, {summary['elapsed_s']:.1f}s, {rate:,.0f} tokens/s"
     )
     if summary.get("stopped"):
-        line = "stopped early; " + line
+        line = f"stopped after step {summary['last_step']}; " + line
     console.print(line, highlight=False)
+    if summary.get("checkpoint"):
+        console.print(
+            f"checkpoint: {summary['checkpoint']} (continue with --resume {summary['checkpoint']})",
+            highlight=False,
+        )
     if summary.get("saved"):
         console.print(f"saved model to {summary['saved']}", highlight=False)

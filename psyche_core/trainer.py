@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -41,6 +42,16 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     grad_accum_in_fp32: bool = False
     optim_stats: bool = False
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """Where and when the trainer writes resumable checkpoints."""
+
+    root: str
+    every: int = 0  # steps between checkpoints; 0: only when stopped early
+    keep_last: int | None = None
+    run_record: dict[str, Any] | None = None
 
 
 class Reporter(Protocol):
@@ -87,6 +98,7 @@ class Trainer:
         communicator: Communicator | None = None,
         reporters: Sequence[Reporter] = (),
         device: torch.device | str = "cpu",
+        checkpoints: CheckpointPolicy | None = None,
     ) -> None:
         self.model = model
         self.data = data
@@ -96,6 +108,7 @@ class Trainer:
         self.comm = communicator or LocalGroup(1).communicator(0)
         self.reporters = list(reporters)
         self.device = torch.device(device)
+        self.checkpoints = checkpoints
         self.per_peer, self.micro_batch = plan_batches(
             config.total_batch, config.micro_batch, self.comm.world_size
         )
@@ -240,6 +253,8 @@ class Trainer:
                 summary.update(last_step=step, loss=metrics["loss"])
                 for reporter in self.reporters:
                     reporter.on_step(metrics)
+                if self._checkpoint_due(step):
+                    summary["checkpoint"] = str(self.save_checkpoint(step))
                 if self.stop_agreed:
                     summary["stopped"] = True
                     break
@@ -250,6 +265,64 @@ class Trainer:
         for reporter in self.reporters:
             reporter.on_end(summary)
         return summary
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def _checkpoint_due(self, step: int) -> bool:
+        policy = self.checkpoints
+        if policy is None:
+            return False
+        periodic = policy.every > 0 and (
+            step % policy.every == 0 or step == self.config.total_steps
+        )
+        return periodic or self.stop_agreed
+
+    def peer_state(self) -> dict[str, Any]:
+        """This peer's part of a checkpoint: optimizer state and RNG state."""
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"optimizer": self.optimizer.state_dict(), "rng": rng}
+
+    def load_peer_state(self, state: dict[str, Any], step: int, tokens_seen: int) -> None:
+        """Continue after ``step`` from a checkpoint's peer state."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.next_step = step + 1
+        self.tokens_seen = tokens_seen
+
+    def save_checkpoint(self, step: int) -> Path:
+        """Every peer sends its state to peer 0, which writes ``root/step-NNNNNN``."""
+        from psyche_core import checkpoint
+
+        assert self.checkpoints is not None
+        mine = checkpoint.state_to_bytes(self.peer_state())
+        sent = self.comm.bytes_sent
+        states = self.comm.all_gather_bytes(torch.frombuffer(bytearray(mine), dtype=torch.uint8))
+        self.comm.bytes_sent = sent  # bookkeeping, not training traffic
+        target = Path(self.checkpoints.root) / checkpoint.step_dir_name(step)
+        error = None
+        if self.comm.rank == 0:
+            try:
+                trainer = {"tokens": self.tokens_seen, "world_size": self.comm.world_size}
+                checkpoint.write(
+                    self.checkpoints.root,
+                    step,
+                    self.model,
+                    [bytes(s.numpy().tobytes()) for s in states],
+                    trainer,
+                    self.checkpoints.run_record or {},
+                    self.checkpoints.keep_last,
+                )
+            except Exception as exc:
+                error = f"writing checkpoint {target} failed: {exc}"
+        # Everyone learns whether peer 0 succeeded, so no peer trains on past a failed save.
+        errors = [e for e in self.comm.all_gather_object(error) if e]
+        if errors:
+            raise PsycheError(errors[0])
+        return target
 
 
 class _Prefetcher:

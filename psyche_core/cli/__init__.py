@@ -47,9 +47,11 @@ def main(argv: Sequence[str] | None = None, plugins: Plugins | None = None) -> N
     debug = bool(os.environ.get(DEBUG_ENV))
     try:
         cli = make_cli(plugins if plugins is not None else Plugins.load())
-        cli.main(
+        code = cli.main(
             args=list(argv) if argv is not None else None, prog_name="psyche", standalone_mode=False
         )
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

@@ -9,7 +9,7 @@ import click
 from click.core import ParameterSource
 
 from psyche_core.errors import PsycheError
-from psyche_core.options import collect_option_specs, resolve
+from psyche_core.options import collect_option_specs
 from psyche_core.plugins import Plugins
 from psyche_core.signals import stop_on_signals
 from psyche_core.specs import OptionSpec
@@ -71,9 +71,9 @@ def make_train_command(plugins: Plugins) -> click.Command:
             for key, value in values.items()
             if ctx.get_parameter_source(key) is ParameterSource.COMMANDLINE
         }
-        options = resolve(specs, given, config)
         from psyche_core import run  # torch is imported only when training
 
+        options = run.resolve_run_options(specs, given, config)
         with stop_on_signals() as stop:
             summary = run.train(options, plugins, stop=stop)
         if summary.get("stopped"):

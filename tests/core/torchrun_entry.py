@@ -1,4 +1,4 @@
-"""``psyche train`` with the toy plugin, for starting under torchrun in tests."""
+"""``psyche train`` with the toy plugin, for starting under torchrun (or directly) in tests."""
 
 import sys
 
@@ -6,4 +6,5 @@ from psyche_core.cli import main
 from psyche_core.plugins import Plugins
 from tests.core import toy_plugin
 
-main(sys.argv[1:], plugins=Plugins.load(entry_points=False, extra=[toy_plugin]))
+if __name__ == "__main__":
+    main(sys.argv[1:], plugins=Plugins.load(entry_points=False, extra=[toy_plugin]))
