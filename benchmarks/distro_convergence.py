@@ -1,0 +1,103 @@
+"""AdamW vs DisTrO on real training: loss curves, bytes per step and step time, side by side.
+
+Runs ``psyche train`` (through ``psyche_core.run.train``) once per optimizer setting with the
+same model, data, seed, schedule and peers, reads each run's metrics JSONL and prints one JSON
+object: per run the final loss, the mean loss of the last ``--tail`` steps, bytes sent per step,
+the median step time, and the whole loss curve.
+
+This is a harness, not a test: the numbers depend on the model, the data and the step count.
+The design notes that DisTrO trails AdamW on very small models (distro.md section 4), so a gap
+on ``llama:20m`` is expected and is not by itself a bug.
+
+    python benchmarks/distro_convergence.py --model llama:20m --data-path DATA --steps 500 \\
+        --peers 2 --learning-rate 4e-4 [--runs adamw distro distro-sync distro-1bit]
+
+Without ``--data-path`` the embedded sample data is used (fine for a smoke run, too small to
+compare optimizers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from psyche_core import run
+from psyche_core.cli.train import plugin_option_specs
+from psyche_core.options import collect_option_specs, resolve
+from psyche_core.plugins import Plugins
+
+# Each run: the options that differ from the shared ones.
+RUNS: dict[str, dict[str, Any]] = {
+    "adamw": {"optimizer": "adamw"},
+    "distro": {"optimizer": "distro", "distro_mode": "psyche"},
+    "distro-sync": {"optimizer": "distro", "distro_mode": "sync"},
+    "distro-1bit": {"optimizer": "distro", "distro_mode": "psyche", "distro_quantization": True},
+}
+
+
+def train_once(plugins: Plugins, shared: dict[str, Any], changes: dict[str, Any], out: Path):
+    specs = collect_option_specs(plugin_option_specs(plugins))
+    metrics_path = out / "metrics.jsonl"
+    options = resolve(specs, {**shared, **changes, "metrics": str(metrics_path)})
+    run.train(options, plugins, console=Console(stderr=True, quiet=True))
+    return [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+
+
+def summarize(rows: list[dict[str, Any]], tail: int) -> dict[str, Any]:
+    losses = [r["loss"] for r in rows]
+    return {
+        "steps": len(rows),
+        "final_loss": losses[-1],
+        f"mean_loss_last_{tail}": statistics.fmean(losses[-tail:]),
+        "bytes_sent_per_step": statistics.median(r["bytes_sent"] for r in rows),
+        "median_step_time_s": statistics.median(r["step_time_s"] for r in rows),
+        "loss_curve": [round(x, 5) for x in losses],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="llama:20m")
+    parser.add_argument("--data-path", default=None)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup-steps", type=int, default=20)
+    parser.add_argument("--learning-rate", type=float, default=4e-4)
+    parser.add_argument("--total-batch", type=int, default=16)
+    parser.add_argument("--micro-batch", type=int, default=None)
+    parser.add_argument("--sequence-length", type=int, default=256)
+    parser.add_argument("--peers", type=int, default=1, help="--data-parallelism")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tail", type=int, default=20, help="steps averaged for the end loss")
+    parser.add_argument("--runs", nargs="+", choices=sorted(RUNS), default=["adamw", "distro"])
+    args = parser.parse_args()
+
+    shared = {
+        "model": args.model,
+        "data_path": args.data_path,
+        "total_steps": args.steps,
+        "warmup_steps": args.warmup_steps,
+        "learning_rate": args.learning_rate,
+        "total_batch": args.total_batch,
+        "micro_batch": args.micro_batch,
+        "sequence_length": args.sequence_length,
+        "data_parallelism": args.peers,
+        "seed": args.seed,
+    }
+    plugins = Plugins.load()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.runs:
+            out = Path(tmp) / name
+            out.mkdir()
+            results[name] = summarize(train_once(plugins, shared, RUNS[name], out), args.tail)
+    print(json.dumps({"benchmark": "distro_convergence", **shared, "runs": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""Top-k sparsification of DCT coefficients, index and 1-bit packing, and aggregation.
+
+Semantics follow Psyche (``shared/modeling/src/distro.rs``):
+
+- **Top-k** keeps, per chunk, the ``k' = clamp(k, 1, T)`` coefficients of largest magnitude,
+  ordered by descending magnitude; values stay signed.
+- **Indices** go on the wire as uint8 / uint16 / uint32 / int64, picked by ``T`` (the chunk's
+  coefficient count, not the largest index), little-endian.
+- **1-bit values** are the sign bit (1 = negative, so +0 reads back as +1 and -0 as -1), packed
+  least-significant bit first and padded to a whole byte per tensor.
+- **Aggregation** is a scatter-mean: a coefficient gets the mean of the values of the peers that
+  selected it; nobody's choice stays 0 (not a sum, not a division by the peer count).
+
+:func:`compress`, :func:`decompress` and :func:`batch_decompress` are the dense reference
+forms (Psyche's API, used for golden values). The optimizer uses :func:`topk_batch` and the
+sparse forms :func:`scatter_mean_sparse` + :func:`sparse_factors` (as in :func:`decode_sparse`),
+which never build the dense coefficient tensor and give the same numbers up to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+
+from psyche_distro.dct import ChunkGrid, basis_rows
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+def clamp_topk(k: int, total: int) -> int:
+    """``k' = clamp(k, 1, T)``."""
+    return min(max(int(k), 1), int(total))
+
+
+def topk_chunks(coeffs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``coeffs`` (one chunk per row, any leading dims): the indices (int64) and
+    signed values of the ``clamp(k, 1, T)`` largest magnitudes, by descending magnitude."""
+    k = clamp_topk(k, coeffs.shape[-1])
+    idx = coeffs.abs().topk(k, dim=-1, largest=True, sorted=True).indices
+    return idx, coeffs.gather(-1, idx)
+
+
+# Top-k through the chunk rows' maxima pays off from about this many coefficients per chunk.
+_GROUPED_TOPK_MIN = 256
+
+
+def topk_batch(
+    coeffs: torch.Tensor, k: int, work: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`topk_chunks` for a batch of chunks ``(B, n1, n2)``; indices are ``b * n2 + d``.
+
+    For large chunks it looks only at the ``k'`` rows with the largest maxima: every other
+    coefficient is at most the smallest of those ``k'`` maxima, so the kept magnitudes are the
+    same as a full top-k (only the choice among exactly equal magnitudes may differ).
+    ``work``: an optional buffer of ``B * n1 * n2`` elements for the magnitudes.
+    """
+    batch, n1, n2 = coeffs.shape
+    k = clamp_topk(k, n1 * n2)
+    flat = coeffs.view(batch, n1 * n2)
+    if n1 < k or n1 * n2 < _GROUPED_TOPK_MIN:
+        return topk_chunks(flat, k)
+    if work is not None:
+        work = work[: coeffs.numel()].view(batch, n1, n2)
+    mag = torch.abs(coeffs, out=work)
+    rows = mag.amax(-1).topk(k, dim=-1, largest=True, sorted=False).indices  # (B, k)
+    candidates = mag.gather(1, rows.unsqueeze(-1).expand(batch, k, n2)).view(batch, k * n2)
+    pos = candidates.topk(k, dim=-1, largest=True, sorted=True).indices
+    idx = rows.gather(1, torch.div(pos, n2, rounding_mode="floor")) * n2 + pos.remainder(n2)
+    return idx, flat.gather(1, idx)
+
+
+def compress(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...], int]:
+    """Psyche's ``CompressDCT::compress`` on an encoded tensor: for ``ndim > 2`` the last two
+    dims are one chunk, otherwise the last dim is. Returns ``(idx, val, xshape, T)`` with int64
+    indices (pack them with :func:`pack_indices` for the wire)."""
+    xshape = tuple(x.shape)
+    flat = x.flatten(-2) if x.dim() > 2 else x
+    idx, val = topk_chunks(flat, k)
+    return idx, val, xshape, flat.shape[-1]
+
+
+def decompress(
+    idx: torch.Tensor,
+    val: torch.Tensor,
+    xshape: tuple[int, ...],
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Dense scatter-mean of ``val`` at ``idx`` into zeros of ``xshape`` (Psyche's
+    ``decompress``); repeated indices in a row average, untouched positions stay 0."""
+    dtype = dtype or val.dtype
+    x = torch.zeros(xshape, dtype=dtype, device=val.device)
+    flat = x.flatten(-2) if len(xshape) > 2 else x
+    flat.scatter_reduce_(-1, idx.long(), val.to(dtype), reduce="mean", include_self=False)
+    return x
+
+
+def batch_decompress(
+    idx: list[torch.Tensor],
+    val: list[torch.Tensor],
+    xshape: tuple[int, ...],
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Several peers' results for one tensor: concatenated along the last dim in the given order,
+    then :func:`decompress`."""
+    return decompress(torch.cat(idx, -1), torch.cat(val, -1), xshape, dtype)
+
+
+# -- wire packing -----------------------------------------------------------------------------
+
+
+def index_width(total: int) -> int:
+    """Bytes per index on the wire for ``T`` coefficients per chunk."""
+    if total <= 256:
+        return 1
+    if total <= 65536:
+        return 2
+    if total <= 2**32:
+        return 4
+    return 8
+
+
+def pack_indices(idx: torch.Tensor, total: int) -> torch.Tensor:
+    """int64 indices -> uint8 bytes, little-endian, ``index_width(T)`` per index; the last dim
+    grows by that factor."""
+    width = index_width(total)
+    if width == 1:
+        return idx.to(torch.uint8)
+    shifts = torch.arange(0, 8 * width, 8, device=idx.device, dtype=torch.int64)
+    parts = (idx.long().unsqueeze(-1) >> shifts) & 0xFF
+    return parts.to(torch.uint8).flatten(-2)
+
+
+def unpack_indices(packed: torch.Tensor, total: int) -> torch.Tensor:
+    """Inverse of :func:`pack_indices`: uint8 bytes -> int64 indices."""
+    width = index_width(total)
+    if width == 1:
+        return packed.long()
+    parts = packed.long().unflatten(-1, (-1, width))
+    shifts = torch.arange(0, 8 * width, 8, device=packed.device, dtype=torch.int64)
+    return (parts << shifts).sum(-1)  # disjoint bits: the sum is an exact bitwise OR
+
+
+def pack_signs(val: torch.Tensor) -> torch.Tensor:
+    """1-bit quantization: ``signbit(val)`` of every element (flattened), packed least
+    significant bit first into ``ceil(n / 8)`` bytes."""
+    bits = torch.signbit(val.reshape(-1)).to(torch.uint8)
+    pad = (-bits.numel()) % 8
+    if pad:
+        bits = torch.cat([bits, bits.new_zeros(pad)])
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=val.device)
+    return (bits.view(-1, 8) * weights).sum(-1, dtype=torch.uint8)
+
+
+def unpack_signs(packed: torch.Tensor, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Inverse of :func:`pack_signs` for ``n`` values: bit 1 -> -1, bit 0 -> +1 (so zeros
+    come back as +1, -0 as -1); leading dims of ``packed`` are kept."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1
+    bits = bits.flatten(-2)[..., :n]
+    return 1 - 2 * bits.to(dtype)
+
+
+def values_to_bytes(val: torch.Tensor) -> torch.Tensor:
+    """A tensor's elements as little-endian bytes (flattened)."""
+    raw = val.contiguous().reshape(-1).view(torch.uint8)
+    if not _LITTLE_ENDIAN and val.element_size() > 1:
+        raw = raw.view(-1, val.element_size()).flip(-1).reshape(-1)
+    return raw
+
+
+def bytes_to_values(raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Inverse of :func:`values_to_bytes` (leading dims of ``raw`` are kept)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    # A fresh copy: a slice of a larger buffer may sit at an offset ``view`` cannot reinterpret.
+    raw = torch.empty(raw.shape, dtype=torch.uint8, device=raw.device).copy_(raw)
+    if not _LITTLE_ENDIAN and size > 1:
+        raw = raw.unflatten(-1, (-1, size)).flip(-1).flatten(-2).contiguous()
+    return raw.view(dtype)
+
+
+def payload_nbytes(shape: tuple[int, ...], chunk: int, k: int, value_bits: int) -> int:
+    """Bytes one peer sends for one tensor (the design's 3.2 formula):
+    ``m * index_width(T) + ceil(m * value_bits / 8)`` with ``m = chunks * clamp(k, 1, T)``."""
+    grid = ChunkGrid.for_shape(shape, chunk)
+    m = grid.num_chunks * clamp_topk(k, grid.chunk_numel)
+    return m * index_width(grid.chunk_numel) + math.ceil(m * value_bits / 8)
+
+
+# -- sparse aggregation and decode --------------------------------------------------------------
+
+# Entries of the pairwise-equality matrix handled per block in scatter_mean_sparse.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def scatter_mean_sparse(idx: torch.Tensor, val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scatter-mean without the dense tensor: ``idx`` and ``val`` are ``(chunks, m)``, the
+    concatenation of every peer's selection per chunk. Returns ``(idx, weight)`` of shape
+    ``(chunks, K)`` holding each selected position once (first occurrence, in input order) with
+    the mean of its values; ``K`` is the largest number of distinct positions in a chunk and
+    shorter rows are padded with weight 0.
+
+    The mean is ``v_first + sum(v_j - v_first) / count``, so a position chosen by one peer, or
+    by several with equal values, keeps its value exactly; N identical peers therefore reduce to
+    exactly one peer's entries. Computed by pairwise comparison within each chunk: deterministic
+    on every device (unlike ``scatter_reduce`` on CUDA), ``O(chunks * m^2)``.
+    """
+    chunks, m = idx.shape
+    if m == 1:
+        return idx, val
+    out_idx = torch.empty_like(idx)
+    out_val = torch.empty_like(val)
+    keep = torch.empty(idx.shape, dtype=torch.bool, device=idx.device)
+    block = max(1, _BLOCK_ELEMENTS // (m * m))
+    earlier = torch.ones(m, m, dtype=torch.bool, device=idx.device).tril(-1)
+    for start in range(0, chunks, block):
+        i = idx[start : start + block]
+        v = val[start : start + block]
+        same = i.unsqueeze(-1) == i.unsqueeze(-2)  # (b, m, m)
+        first = ~(same & earlier).any(-1)  # no equal index earlier in the row
+        count = same.sum(-1)
+        diff = torch.where(same, v.unsqueeze(-2) - v.unsqueeze(-1), torch.zeros((), dtype=v.dtype))
+        mean = v + diff.sum(-1) / count
+        # Stable partition: first occurrences to the front, in their input order.
+        order = torch.argsort((~first).to(torch.uint8), dim=-1, stable=True)
+        out_idx[start : start + block] = i.gather(-1, order)
+        out_val[start : start + block] = torch.where(first, mean, 0).gather(-1, order)
+        keep[start : start + block] = first.gather(-1, order)
+    width = int(keep.sum(-1).max())
+    return out_idx[:, :width], out_val[:, :width]
+
+
+def sparse_factors(
+    idx: torch.Tensor, weight: torch.Tensor, n1: int, n2: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For sparse chunks (``(B, K)`` positions, unique per chunk, and weights): ``left`` of shape
+    ``(B, n1, K)`` and ``right`` of ``(B, K, n2)`` with ``left @ right`` the inverse DCT of each
+    chunk. Entry ``(b, d) = divmod(position, n2)`` contributes ``w * F1[:, b] (x) F2[:, d]``."""
+    dtype, device = weight.dtype, weight.device
+    b, d = torch.div(idx, n2, rounding_mode="floor"), idx.remainder(n2)
+    left = basis_rows(n1, dtype, device)[b].transpose(1, 2).contiguous()
+    right = basis_rows(n2, dtype, device)[d] * weight.unsqueeze(-1)
+    return left, right
+
+
+def decode_sparse(idx: torch.Tensor, weight: torch.Tensor, grid: ChunkGrid) -> torch.Tensor:
+    """Inverse DCT of sparse chunks -> ``(chunks, n1, n2)``: one batched matmul of inner size
+    ``K`` instead of two dense transforms (see :func:`sparse_factors`)."""
+    return torch.bmm(*sparse_factors(idx, weight, grid.n1, grid.n2))

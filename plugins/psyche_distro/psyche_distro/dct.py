@@ -1,0 +1,255 @@
+"""Chunked orthonormal DCT-II: the transform DisTrO compresses in.
+
+A tensor is cut into chunks and each chunk is transformed on its own:
+
+- a 1-D tensor of length ``L`` into ``L / n`` pieces of ``n = smaller_split(L, chunk)``;
+- a tensor of shape ``(..., R, K)`` into ``n1 x n2`` tiles of its last two dims, with
+  ``n1 = smaller_split(R, chunk)`` and ``n2 = smaller_split(K, chunk)`` chosen independently,
+  so tiles can be rectangular (``96 x 40`` with chunk 64 gives ``48 x 40``). Leading dims are kept.
+
+Layouts (Psyche's, so golden values carry over): a 1-D tensor encodes to ``[L / n, n]``; an
+N-D tensor to ``[..., R / n1, K / n2, n1, n2]`` (chunk grid first, frequencies last), where tile
+``(y, x)`` holds ``F1^T @ X[y*n1:(y+1)*n1, x*n2:(x+1)*n2] @ F2``. Flattened, both are
+``(chunks, T)`` with ``T`` coefficients per chunk, the form compression works on.
+
+``F_n`` is the orthonormal DCT-II matrix with inputs on rows: ``F[i, c] = a_c cos(pi (2i+1) c /
+2n)``, ``a_0 = sqrt(1/n)``, ``a_c = sqrt(2/n)``; ``x @ F`` is ``scipy.fft.dct(x, norm="ortho")``
+and ``F^-1 = F^T``. Bases are built once per size in float64 and cached per dtype and device.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+def divisors(n: int) -> list[int]:
+    """The divisors of ``n`` in ascending order (``[]`` for ``n = 0``)."""
+    return list(_divisors(n))
+
+
+@functools.lru_cache(maxsize=8192)
+def _divisors(n: int) -> tuple[int, ...]:
+    if n < 1:
+        return ()
+    small, large = [], []
+    for d in range(1, math.isqrt(n) + 1):
+        if n % d == 0:
+            small.append(d)
+            if d != n // d:
+                large.append(n // d)
+    return (*small, *large[::-1])
+
+
+def smaller_split(n: int, chunk: int) -> int:
+    """Chunk length for a dimension of size ``n``: the largest divisor of ``n`` that is at most
+    ``chunk`` (Psyche's ``get_smaller_split``). ``n`` itself when ``chunk >= n``; 1 for a prime
+    ``n > chunk``; 0 for ``n = 0``; 1 when ``chunk < 1``."""
+    if n == 0:
+        return 0
+    if chunk >= n:
+        return n
+    if chunk < 1:
+        return 1
+    options = _divisors(n)
+    return options[bisect.bisect_right(options, chunk) - 1]
+
+
+@functools.lru_cache(maxsize=256)
+def _basis64(n: int) -> torch.Tensor:
+    i = torch.arange(n, dtype=torch.float64)
+    scale = torch.full((n,), math.sqrt(2.0 / n), dtype=torch.float64)
+    scale[0] = math.sqrt(1.0 / n)
+    return torch.cos(math.pi * (2 * i[:, None] + 1) * i[None, :] / (2 * n)) * scale[None, :]
+
+
+@functools.lru_cache(maxsize=256)
+def _basis(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return _basis64(n).to(dtype=dtype, device=device)
+
+
+def dct_basis(
+    n: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """``F_n`` (rows: inputs, columns: frequencies); cached, never modify it in place."""
+    return _basis(n, dtype, torch.device(device if device is not None else "cpu"))
+
+
+@functools.lru_cache(maxsize=256)
+def basis_rows(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``F_n^T`` as a contiguous tensor: row ``c`` is frequency ``c``'s basis vector."""
+    return _basis(n, dtype, device).T.contiguous()
+
+
+def idct_basis(
+    n: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """``B_n = F_n^T = F_n^-1``, the inverse transform (``coeffs @ B_n``)."""
+    return dct_basis(n, dtype, device).T
+
+
+@dataclass(frozen=True)
+class ChunkGrid:
+    """How one tensor shape is cut into chunks (see the module docstring).
+
+    Chunks form a ``lead x cols`` grid: chunk ``c = l * cols + x`` covers rows
+    ``l*n1 .. (l+1)*n1`` (counting rows over all leading dims) and columns ``x*n2 .. (x+1)*n2``
+    of the last two dims. A 1-D tensor of length ``L`` is ``L/n`` chunks of ``1 x n`` (the size-1
+    DCT is the identity), so one code path serves every rank; a 0-d tensor counts as length 1.
+    """
+
+    shape: tuple[int, ...]
+    n1: int  # chunk rows (1 for a 1-D tensor)
+    n2: int  # chunk columns
+    lead: int  # chunk-grid rows
+    cols: int  # chunk-grid columns
+
+    @classmethod
+    def for_shape(cls, shape: tuple[int, ...] | torch.Size, chunk: int) -> ChunkGrid:
+        shape = tuple(int(s) for s in shape)
+        if any(s == 0 for s in shape):
+            raise ValueError(f"cannot chunk an empty tensor of shape {shape}")
+        if len(shape) <= 1:
+            length = shape[0] if shape else 1
+            n = smaller_split(length, chunk)
+            return cls(shape, 1, n, length // n, 1)
+        rows, cols = shape[-2], shape[-1]
+        n1, n2 = smaller_split(rows, chunk), smaller_split(cols, chunk)
+        return cls(shape, n1, n2, math.prod(shape[:-2]) * (rows // n1), cols // n2)
+
+    @property
+    def chunk_numel(self) -> int:
+        """``T``: coefficients per chunk."""
+        return self.n1 * self.n2
+
+    @property
+    def num_chunks(self) -> int:
+        return self.lead * self.cols
+
+    @property
+    def encoded_shape(self) -> tuple[int, ...]:
+        """Psyche's layout: ``[L/n, n]`` for 1-D, ``[..., R/n1, K/n2, n1, n2]`` otherwise."""
+        if len(self.shape) <= 1:
+            return (self.lead, self.n2)
+        rows = self.shape[-2] // self.n1
+        return (*self.shape[:-2], rows, self.cols, self.n1, self.n2)
+
+    def chunk_view(self, x: torch.Tensor) -> torch.Tensor:
+        """A ``(lead, cols, n1, n2)`` strided view of a contiguous tensor of this shape: element
+        ``[l, x]`` is chunk ``l * cols + x``. Writes go to ``x``."""
+        return x.view(self.lead, self.n1, self.cols, self.n2).transpose(1, 2)
+
+    def blocks(self, max_chunks: int) -> list[Block]:
+        """Consecutive chunk ranges of at most ``max_chunks`` chunks (at least one), each a
+        rectangle of the chunk grid: whole grid rows, or part of one grid row."""
+        max_chunks = max(1, max_chunks)
+        if self.cols <= max_chunks:
+            step = max_chunks // self.cols
+            return [
+                Block(l0, min(self.lead, l0 + step), 0, self.cols, self.cols)
+                for l0 in range(0, self.lead, step)
+            ]
+        return [
+            Block(l0, l0 + 1, x0, min(self.cols, x0 + max_chunks), self.cols)
+            for l0 in range(self.lead)
+            for x0 in range(0, self.cols, max_chunks)
+        ]
+
+
+@dataclass(frozen=True)
+class Block:
+    """Grid rows ``l0:l1`` x grid columns ``x0:x1`` of a :class:`ChunkGrid`."""
+
+    l0: int
+    l1: int
+    x0: int
+    x1: int
+    grid_cols: int
+
+    @property
+    def start(self) -> int:
+        """First chunk index (chunks of a block are consecutive)."""
+        return self.l0 * self.grid_cols + self.x0
+
+    @property
+    def stop(self) -> int:
+        return (self.l1 - 1) * self.grid_cols + self.x1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.l1 - self.l0, self.x1 - self.x0)
+
+    def of(self, chunk_view: torch.Tensor) -> torch.Tensor:
+        """This block of a ``(lead, cols, n1, n2)`` chunk view."""
+        return chunk_view[self.l0 : self.l1, self.x0 : self.x1]
+
+
+def encode_batch(
+    x: torch.Tensor, work: torch.Tensor | None = None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """DCT of a batch of chunks ``x`` of shape ``(B, n1, n2)``: ``F1^T @ x[b] @ F2``, shape
+    ``(B, n1, n2)``. ``work`` (``B * n1 * n2`` elements) and ``out`` (``(B, n1, n2)``) are
+    optional preallocated buffers; with ``n1 = 1`` the result lives in ``work``."""
+    batch, n1, n2 = x.shape
+    f2 = dct_basis(n2, x.dtype, x.device)
+    if work is not None:
+        work = work[: x.numel()].view(-1, n2)
+    t = torch.mm(x.reshape(-1, n2), f2, out=work)
+    if n1 == 1:
+        return t.view(batch, 1, n2)
+    f1t = dct_basis(n1, x.dtype, x.device).T
+    return torch.matmul(f1t, t.view(batch, n1, n2), out=out)
+
+
+def decode_batch(coeffs: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`encode_batch`: ``F1 @ c[b] @ F2^T``."""
+    batch, n1, n2 = coeffs.shape
+    t = coeffs.reshape(-1, n2) @ dct_basis(n2, coeffs.dtype, coeffs.device).T
+    if n1 == 1:
+        return t.view(batch, 1, n2)
+    return torch.matmul(dct_basis(n1, coeffs.dtype, coeffs.device), t.view(batch, n1, n2))
+
+
+def to_chunks(x: torch.Tensor, grid: ChunkGrid) -> torch.Tensor:
+    """A tensor of ``grid.shape`` -> its chunks, ``(chunks, n1, n2)`` (a copy for ``n1 > 1``)."""
+    view = grid.chunk_view(x.contiguous())
+    return view.reshape(grid.num_chunks, grid.n1, grid.n2)
+
+
+def from_chunks(chunks: torch.Tensor, grid: ChunkGrid) -> torch.Tensor:
+    """Inverse of :func:`to_chunks`."""
+    view = chunks.reshape(grid.lead, grid.cols, grid.n1, grid.n2).transpose(1, 2)
+    return view.reshape(grid.shape)
+
+
+def encode_chunks(x: torch.Tensor, grid: ChunkGrid) -> torch.Tensor:
+    """DCT of every chunk of ``x``, as ``(chunks, T)`` in chunk order (dtype of ``x``)."""
+    return encode_batch(to_chunks(x, grid)).reshape(grid.num_chunks, grid.chunk_numel)
+
+
+def decode_chunks(coeffs: torch.Tensor, grid: ChunkGrid) -> torch.Tensor:
+    """Inverse of :func:`encode_chunks`: ``(chunks, T)`` -> a tensor of ``grid.shape``."""
+    chunks = coeffs.reshape(grid.num_chunks, grid.n1, grid.n2)
+    return from_chunks(decode_batch(chunks), grid)
+
+
+def encode(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Chunked DCT of ``x`` in Psyche's layout (see the module docstring)."""
+    grid = ChunkGrid.for_shape(x.shape, chunk)
+    return encode_chunks(x, grid).view(grid.encoded_shape)
+
+
+def decode(coeffs: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`encode`. Like Psyche, the chunk sizes come from the encoded tensor: its
+    last two dims for ``ndim > 2``; an encoded tensor with ``ndim <= 2`` is a 1-D one."""
+    if coeffs.dim() <= 2:
+        n = coeffs.shape[-1]
+        grid = ChunkGrid((coeffs.numel(),), 1, n, coeffs.numel() // n, 1)
+        return decode_chunks(coeffs, grid)
+    *lead, rows, cols, n1, n2 = coeffs.shape
+    grid = ChunkGrid((*lead, rows * n1, cols * n2), n1, n2, math.prod(lead) * rows, cols)
+    return decode_chunks(coeffs, grid)

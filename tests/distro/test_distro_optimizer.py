@@ -1,0 +1,500 @@
+"""The DisTrO optimizer in isolation (design distro.md 1.8, 1.9; properties 13-20, 23)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from psyche_core.comm import LocalGroup, run_local_peers
+from psyche_core.errors import PsycheError
+from psyche_core.options import Options
+from psyche_distro.compression import compress, decompress, payload_nbytes
+from psyche_distro.dct import ChunkGrid, decode_chunks, encode_chunks
+from psyche_distro.optimizer import DistroOptimizer, build_distro
+from tests.distro.distro_helpers import (
+    Tiny,
+    assert_same,
+    context,
+    data_grads,
+    fixed_grads,
+    lr_schedule,
+    params_of,
+    peer_training,
+    train,
+)
+
+FULL = 10**6  # top-k above every chunk's T: every coefficient is sent
+
+
+def distro(model: nn.Module, **kwargs) -> DistroOptimizer:
+    kwargs.setdefault("chunk", 4)
+    kwargs.setdefault("topk", 2)
+    kwargs.setdefault("decay", 0.9)
+    return DistroOptimizer(model, **kwargs)
+
+
+def zero_grads(model: Tiny, step: int) -> None:
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+
+
+def sent_part(state: dict, model: nn.Module, chunk: int) -> dict[str, torch.Tensor]:
+    """DCT^-1 of this peer's last sent result, with the dense reference functions."""
+    out = {}
+    for name, p in model.named_parameters():
+        grid = ChunkGrid.for_shape(tuple(p.shape), chunk)
+        dense = decompress(
+            state["own_idx"][name], state["own_val"][name], (grid.num_chunks, grid.chunk_numel)
+        )
+        out[name] = decode_chunks(dense, grid)
+    return out
+
+
+# -- 13. error feedback -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["psyche", "sync"])
+@pytest.mark.parametrize("topk", [2, FULL])
+def test_error_feedback_identity(mode, topk):
+    model = Tiny()
+    opt = distro(model, topk=topk, decay=1.0, mode=mode)
+    train(model, opt, range(1, 4), fixed_grads())
+    before = opt.delta
+    state = opt.state_dict()
+    for name, p in model.named_parameters():  # what was sent is the top-k of DCT(delta)
+        grid = ChunkGrid.for_shape(tuple(p.shape), 4)
+        idx, val, _, _ = compress(encode_chunks(before[name], grid), topk)
+        assert torch.equal(state["own_idx"][name], idx)
+        assert torch.equal(state["own_val"][name], val)
+    sent = sent_part(state, model, 4)
+    train(model, opt, range(4, 5), zero_grads)  # decay 1, zero gradient: delta -= sent only
+    after = opt.delta
+    for name in before:
+        torch.testing.assert_close(sent[name] + after[name], before[name], atol=1e-12, rtol=0)
+        if topk == FULL:
+            torch.testing.assert_close(
+                after[name], torch.zeros_like(after[name]), atol=1e-12, rtol=0
+            )
+        else:
+            assert after[name].abs().max() > 1e-3
+
+
+# -- 14-16. sign-SGD equivalence ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5, 0.999, 1.0])
+def test_sync_one_peer_full_topk_is_sign_sgd(decay):
+    model = Tiny()
+    opt = distro(model, topk=FULL, decay=decay, mode="sync")
+    grads = fixed_grads(seed=1)
+    comm = LocalGroup(1).communicator(0)
+    for step in range(1, 7):
+        before = params_of(model)
+        ctx = context(step, comm)
+        opt.prepare_step(ctx)
+        assert_same(params_of(model), before)  # no lookahead in sync mode
+        grads(model, step)
+        g = {n: p.grad.clone() for n, p in model.named_parameters()}
+        opt.step(ctx)
+        expected = {n: before[n].add(g[n].sign(), alpha=-ctx.lr) for n in before}
+        assert_same(params_of(model), expected)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.9, 1.0])
+def test_psyche_one_peer_full_topk_applies_sign_of_previous_gradient(decay):
+    model = Tiny()
+    opt = distro(model, topk=FULL, decay=decay, mode="psyche")
+    grads = fixed_grads(seed=2)
+    comm = LocalGroup(1).communicator(0)
+    previous_grad = None
+    for step in range(1, 7):
+        before = params_of(model)
+        delta = opt.delta
+        ctx = context(step, comm)
+        opt.prepare_step(ctx)
+        # the gradient is taken at theta - lr(t-1) * sign(delta_(t-1)); nothing at the first step
+        looked = {n: before[n].add(delta[n].sign(), alpha=-ctx.prev_lr) for n in before}
+        assert_same(params_of(model), before if step == 1 else looked)
+        grads(model, step)
+        g = {n: p.grad.clone() for n, p in model.named_parameters()}
+        opt.step(ctx)
+        if previous_grad is None:  # the first step sends but applies nothing: exact restore
+            assert_same(params_of(model), before)
+        else:
+            expected = {n: before[n].add(previous_grad[n].sign(), alpha=-ctx.lr) for n in before}
+            assert_same(params_of(model), expected)
+        previous_grad = g
+
+
+def test_delta_before_compression_is_identical_in_both_modes():
+    deltas = {}
+    for mode in ("psyche", "sync"):
+        model = Tiny()
+        opt = distro(model, topk=2, decay=0.95, weight_decay=0.1, mode=mode)
+        history = []
+        grads = fixed_grads(seed=3)
+        for step in range(1, 7):
+            train(model, opt, range(step, step + 1), grads)
+            history.append(opt.delta)  # delta as compressed at this step
+        deltas[mode] = history
+    for a, b in zip(deltas["psyche"], deltas["sync"]):
+        assert_same(a, b)
+
+
+# -- 17, 18. weight decay, decay edge cases -----------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["psyche", "sync"])
+def test_weight_decay_alone(mode):
+    model = Tiny()
+    opt = distro(model, weight_decay=0.5, mode=mode)
+    comm = LocalGroup(1).communicator(0)
+    for step in range(1, 5):
+        before = params_of(model)
+        ctx = context(step, comm)
+        opt.prepare_step(ctx)
+        zero_grads(model, step)
+        opt.step(ctx)
+        expected = {n: torch.mul(before[n], 1.0 - ctx.lr * 0.5) for n in before}
+        assert_same(params_of(model), expected)  # no sign update: sign(0) = 0
+        assert all(d.abs().max() == 0 for d in opt.delta.values())
+
+
+def test_decay_one_keeps_the_full_residual():
+    model = Tiny()
+    opt = distro(model, topk=2, decay=1.0, mode="sync")
+    grads = fixed_grads(seed=4)
+    train(model, opt, range(1, 3), grads)
+    before, state = opt.delta, opt.state_dict()
+    sent = sent_part(state, model, 4)
+    train(model, opt, range(3, 4), grads)
+    g = {}
+    grads(model, 3)
+    for name, p in model.named_parameters():
+        g[name] = p.grad
+    for name, d in opt.delta.items():
+        expected = before[name] - sent[name] + lr_schedule(3) * g[name]
+        torch.testing.assert_close(d, expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["psyche", "sync"])
+def test_decay_zero_forgets_the_history(mode):
+    model = Tiny()
+    opt = distro(model, topk=2, decay=0.0, mode=mode)
+    grads = fixed_grads(seed=5)
+    for step in range(1, 5):
+        train(model, opt, range(step, step + 1), grads)
+        grads(model, step)
+        for name, p in model.named_parameters():
+            assert torch.equal(opt.delta[name], p.grad * lr_schedule(step))
+
+
+# -- 19, 20. peers ------------------------------------------------------------------------------
+
+
+def peer_run(world: int, mode: str, same_data: bool, steps: int = 6, **kwargs):
+    def peer(comm):
+        model = Tiny()
+        opt = distro(model, mode=mode, weight_decay=0.1, **kwargs)
+        grads = data_grads(rank=0 if same_data else comm.rank)
+        metrics = train(model, opt, range(1, steps + 1), grads, communicator=comm)
+        return params_of(model), metrics, comm.bytes_sent, opt.payload_nbytes
+
+    return run_local_peers(world, peer, timeout=60)
+
+
+@pytest.mark.parametrize("mode", ["psyche", "sync"])
+@pytest.mark.parametrize("one_bit", [False, True])
+def test_identical_peers_equal_one_peer(mode, one_bit):
+    ((single, _, _, _),) = peer_run(1, mode, True, quantize_1bit=one_bit)
+    for params, _, _, _ in peer_run(3, mode, True, quantize_1bit=one_bit):
+        assert_same(params, single)
+    assert not torch.equal(single["weight"], Tiny().weight)  # it did train
+
+
+@pytest.mark.parametrize("mode", ["psyche", "sync"])
+@pytest.mark.parametrize("one_bit", [False, True])
+def test_peers_with_different_data_stay_bit_identical(mode, one_bit):
+    runs = peer_run(3, mode, False, quantize_1bit=one_bit)
+    for params, metrics, sent, nbytes in runs:
+        assert_same(params, runs[0][0])
+        assert sent == 6 * nbytes  # bytes_sent counts exactly the payloads
+        assert all(m["distro_payload_bytes"] == nbytes for m in metrics)
+        assert all(m["distro_received_bytes"] == 2 * nbytes for m in metrics)
+    ((single, _, _, _),) = peer_run(1, mode, False, quantize_1bit=one_bit)
+    assert not torch.equal(single["weight"], runs[0][0]["weight"])  # the peers mattered
+
+
+def test_two_peers_apply_the_scatter_mean_of_both_results():
+    """sync mode, one step from delta = 0: the update is -lr * sign(D^-1(scatter_mean)), computed
+    here with the dense reference functions."""
+    lr = lr_schedule(1)
+
+    def peer(comm):
+        model = Tiny()
+        opt = distro(model, topk=3, mode="sync")
+        grads = data_grads(rank=comm.rank)
+        train(model, opt, range(1, 2), grads, communicator=comm)
+        grads(Tiny(), 1)  # same data again, on a fresh copy, for the reference
+        own = opt.state_dict()
+        return params_of(model), own["own_idx"], own["own_val"]
+
+    runs = run_local_peers(2, peer, timeout=60)
+    start = params_of(Tiny())
+    for name, theta in start.items():
+        grid = ChunkGrid.for_shape(tuple(theta.shape), 4)
+        dense = decompress(
+            torch.cat([r[1][name] for r in runs], -1),
+            torch.cat([r[2][name] for r in runs], -1),
+            (grid.num_chunks, grid.chunk_numel),
+        )
+        update = decode_chunks(dense, grid)
+        clear = update.abs() > 1e-9  # rounding can only matter where the update is ~0
+        expected = theta - lr * update.sign()
+        assert clear.float().mean() > 0.5
+        for params, _, _ in runs:
+            torch.testing.assert_close(params[name][clear], expected[clear], atol=1e-15, rtol=0)
+
+
+def test_peers_with_other_options_are_refused():
+    def peer(comm):
+        model = Tiny()
+        opt = distro(model, topk=2 + comm.rank)
+        train(model, opt, range(1, 2), data_grads(comm.rank), communicator=comm)
+
+    with pytest.raises(PsycheError, match="disagree"):
+        run_local_peers(2, peer, timeout=60)
+
+
+# -- lookahead restore ----------------------------------------------------------------------------
+
+
+def test_abort_restores_the_lookahead_exactly():
+    model = Tiny(dtype=torch.float32)
+    opt = distro(model, mode="psyche", weight_decay=0.1)
+    comm = LocalGroup(1).communicator(0)
+    train(model, opt, range(1, 3), data_grads(), communicator=comm)
+    before = params_of(model)
+    ctx = context(3, comm)
+    opt.prepare_step(ctx)
+    assert not torch.equal(model.weight, before["weight"])
+    opt.abort_step(ctx)
+    assert_same(params_of(model), before)
+    opt.prepare_step(ctx)
+    opt.prepare_step(ctx)  # twice: still one lookahead
+    opt.abort_step(ctx)
+    assert_same(params_of(model), before)
+    train(model, opt, range(3, 4), data_grads(), communicator=comm)
+
+
+def test_bfloat16_parameters_keep_float32_delta():
+    model = Tiny(dtype=torch.bfloat16)
+    opt = distro(model, mode="psyche", weight_decay=0.1)
+    metrics = train(model, opt, range(1, 5), data_grads(), collect_stats=True)
+    assert all(d.dtype == torch.float32 for d in opt.delta.values())
+    assert model.weight.dtype == torch.bfloat16
+    assert all(math.isfinite(v) for m in metrics for v in m.values())
+
+
+# -- 23. bytes ----------------------------------------------------------------------------------
+
+
+def one_param_model(shape, dtype) -> nn.Module:
+    model = nn.Module()
+    model.w = nn.Parameter(torch.randn(shape).to(dtype))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "one_bit", "nbytes"),
+    [
+        ((64, 64), torch.bfloat16, False, 16),
+        ((64, 64), torch.float32, False, 24),
+        ((64, 64), torch.bfloat16, True, 9),
+        ((256,), torch.bfloat16, False, 48),
+        ((256,), torch.bfloat16, True, 16 + 2),
+    ],
+)
+def test_payload_bytes_equal_the_formula(shape, dtype, one_bit, nbytes):
+    model = one_param_model(shape, dtype)
+    opt = DistroOptimizer(model, chunk=64, topk=4, quantize_1bit=one_bit)
+    comm = LocalGroup(1).communicator(0)
+    metrics = train(model, opt, range(1, 3), fixed_grads(), communicator=comm)
+    assert metrics[-1]["distro_payload_bytes"] == nbytes
+    assert comm.bytes_sent == 2 * nbytes
+    value_bits = 1 if one_bit else 8 * torch.empty((), dtype=dtype).element_size()
+    assert payload_nbytes(shape, 64, 4, value_bits) == nbytes
+
+
+LLAMA_20M_SHAPES = [("embed_tokens", (32000, 256)), ("lm_head", (32000, 256)), ("norm", (256,))] + [
+    (f"layers.{i}.{name}", shape)
+    for i in range(4)
+    for name, shape in [
+        ("q_proj", (256, 256)),
+        ("k_proj", (256, 256)),
+        ("v_proj", (256, 256)),
+        ("o_proj", (256, 256)),
+        ("gate_proj", (768, 256)),
+        ("up_proj", (768, 256)),
+        ("down_proj", (256, 768)),
+        ("input_layernorm", (256,)),
+        ("post_attention_layernorm", (256,)),
+    ]
+]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "one_bit", "nbytes"),
+    [(torch.bfloat16, False, 77744), (torch.float32, False, 116688), (torch.bfloat16, True, 41234)],
+)
+def test_llama_20m_payload(dtype, one_bit, nbytes):
+    params = [
+        (name, nn.Parameter(torch.zeros(shape, dtype=dtype))) for name, shape in LLAMA_20M_SHAPES
+    ]
+    assert sum(p.numel() for _, p in params) == 19794176
+    opt = DistroOptimizer(params, chunk=64, topk=4, quantize_1bit=one_bit)
+    assert opt.payload_nbytes == nbytes
+    assert opt.layout.coefficients == 19472
+    if dtype == torch.bfloat16 and not one_bit:  # one real step on the real shapes
+        comm = LocalGroup(1).communicator(0)
+        metrics = opt.step(context(1, comm, collect_stats=True))
+        assert comm.bytes_sent == nbytes
+        assert metrics["distro_compression_ratio"] == pytest.approx(79176704 / 77744)
+
+
+# -- stats --------------------------------------------------------------------------------------
+
+
+def test_stats_are_flat_numbers():
+    model = Tiny()
+    opt = distro(model)
+    plain = train(model, opt, range(1, 2), data_grads())[0]
+    assert set(plain) == {"distro_payload_bytes", "distro_received_bytes"}
+    metrics = train(model, opt, range(2, 3), data_grads(), collect_stats=True)[0]
+    json.dumps(metrics)
+    for name, p in model.named_parameters():
+        assert metrics[f"{name}.grad_energy"] == pytest.approx(float(p.grad.abs().sum()))
+        assert metrics[f"{name}.delta_energy"] == pytest.approx(float(opt.delta[name].abs().sum()))
+    numel = sum(p.numel() for p in model.parameters())
+    assert metrics["distro_compression_ratio"] == pytest.approx(4 * numel / opt.payload_nbytes)
+    assert metrics["distro_coefficients"] == opt.layout.coefficients
+
+
+# -- options ------------------------------------------------------------------------------------
+
+
+def options(**changes) -> Options:
+    values = {
+        "compression_chunk": 64,
+        "compression_topk": 4,
+        "compression_decay": 0.999,
+        "distro_quantization": False,
+        "distro_mode": "psyche",
+        "weight_decay": 0.1,
+    }
+    return Options({**values, **changes})
+
+
+def test_build_distro_reads_the_options():
+    opt = build_distro(Tiny(), options(compression_chunk=4, compression_topk=3, distro_mode="sync"))
+    assert (opt.chunk, opt.topk, opt.decay, opt.weight_decay) == (4, 3, 0.999, 0.1)
+    assert opt.mode == "sync" and not opt.quantize_1bit
+    assert opt.averages_gradients is False
+
+
+@pytest.mark.parametrize(
+    ("change", "flag"),
+    [
+        ({"compression_chunk": 0}, "--compression-chunk"),
+        ({"compression_topk": 0}, "--compression-topk"),
+        ({"compression_topk": -3}, "--compression-topk"),
+        ({"compression_decay": -0.1}, "--compression-decay"),
+        ({"compression_decay": 1.5}, "--compression-decay"),
+        ({"compression_decay": float("nan")}, "--compression-decay"),
+        ({"weight_decay": -0.01}, "--weight-decay"),
+        ({"distro_mode": "async"}, "--distro-mode"),
+    ],
+)
+def test_invalid_options_raise_one_line_errors(change, flag):
+    with pytest.raises(PsycheError, match=flag) as info:
+        build_distro(Tiny(), options(**change))
+    assert "\n" not in str(info.value)
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+
+
+def save_load(obj):
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)  # tensors and plain values only
+
+
+@pytest.mark.parametrize("mode", ["psyche", "sync"])
+@pytest.mark.parametrize("one_bit", [False, True])
+def test_state_dict_resumes_bit_exactly(mode, one_bit):
+    kwargs = {"mode": mode, "quantize_1bit": one_bit, "weight_decay": 0.1}
+
+    def peer(comm, split: bool):
+        model = Tiny(dtype=torch.float32)
+        opt = distro(model, **kwargs)
+        grads = data_grads(comm.rank)
+        if not split:
+            train(model, opt, range(1, 7), grads, communicator=comm)
+            return params_of(model), opt.state_dict()
+        train(model, opt, range(1, 4), grads, communicator=comm)
+        saved_model, saved_opt = save_load(params_of(model)), save_load(opt.state_dict())
+        model = Tiny(dtype=torch.float32, seed=99)  # different weights, then loaded
+        model.load_state_dict(saved_model)
+        opt = distro(model, **kwargs)
+        opt.load_state_dict(saved_opt)
+        train(model, opt, range(4, 7), grads, communicator=comm)
+        return params_of(model), opt.state_dict()
+
+    straight = run_local_peers(2, lambda comm: peer(comm, False), timeout=60)
+    resumed = run_local_peers(2, lambda comm: peer(comm, True), timeout=60)
+    for (p1, s1), (p2, s2) in zip(straight, resumed):
+        assert_same(p1, p2)
+        assert_same(s1["delta"], s2["delta"])
+        assert ("pending_payloads" in s1) == (mode == "psyche")
+        if mode == "psyche":
+            assert torch.equal(s1["pending_payloads"], s2["pending_payloads"])
+
+
+def test_load_state_dict_refuses_mismatches():
+    model = Tiny()
+    opt = distro(model, mode="psyche")
+    train(model, opt, range(1, 3), data_grads())
+    state = opt.state_dict()
+    with pytest.raises(PsycheError, match="psyche"):
+        distro(Tiny(), mode="sync").load_state_dict(state)
+    with pytest.raises(PsycheError, match="compression"):
+        distro(Tiny(), topk=3).load_state_dict(state)
+    other = nn.Module()
+    other.weight = nn.Parameter(torch.zeros(8, 12, dtype=torch.float64))
+    with pytest.raises(PsycheError, match="other parameters"):
+        distro(other).load_state_dict(state)
+    ctx = context(3, LocalGroup(1).communicator(0))
+    opt.prepare_step(ctx)
+    with pytest.raises(PsycheError, match="prepare_step"):
+        opt.state_dict()
+    opt.abort_step(ctx)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["psyche", "sync"])
+def test_gloo_processes_and_in_process_peers_agree_bitwise(mode):
+    from psyche_core.distributed import spawn_peers
+
+    job = {"steps": 5, "options": {"mode": mode, "quantize_1bit": mode == "sync"}}
+    threads = run_local_peers(2, lambda comm: peer_training(comm, job), timeout=60)
+    processes = spawn_peers(2, "gloo", 60, peer_training, job)
+    assert threads[0] == threads[1]
+    assert processes[0] == processes[1]
+    assert processes[0] == threads[0]  # bitwise: raw bytes of every parameter
