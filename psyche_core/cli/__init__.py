@@ -14,13 +14,15 @@ from collections.abc import Sequence
 import click
 
 from psyche_core import __version__
+from psyche_core.cli.generate import make_generate_command
 from psyche_core.cli.list_plugins import make_list_plugins_command
+from psyche_core.cli.plot import plot_command
 from psyche_core.cli.train import make_train_command
 from psyche_core.errors import PsycheError
 from psyche_core.plugins import Plugins
 
 DEBUG_ENV = "PSYCHE_DEBUG"
-QUIET_COMMANDS = {"list-plugins"}  # commands that report plugin problems themselves
+QUIET_COMMANDS = {"list-plugins", "plot"}  # commands that report plugin problems themselves
 
 
 def make_cli(plugins: Plugins) -> click.Group:
@@ -38,6 +40,8 @@ def make_cli(plugins: Plugins) -> click.Group:
 
     cli.add_command(make_train_command(plugins))
     cli.add_command(make_list_plugins_command(plugins))
+    cli.add_command(make_generate_command(plugins))
+    cli.add_command(plot_command)
     plugins.add_commands(cli)
     return cli
 
