@@ -74,7 +74,7 @@ class TensorBoardMetrics:
             from psyche_core.errors import PsycheError
 
             raise PsycheError(
-                "--tensorboard needs the tensorboard package: pip install 'psyche-core[tensorboard]'"
+                "--tensorboard needs tensorboard: pip install 'psyche-core[tensorboard]'"
             ) from None
         self._writer = SummaryWriter(str(log_dir))
 
