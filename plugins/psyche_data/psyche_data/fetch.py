@@ -1,0 +1,216 @@
+"""Byte ranges over HTTP: pooled keep-alive connections, concurrent requests, retries.
+
+Every request either returns exactly the bytes asked for or ends in a :class:`PsycheError`
+naming the URL and the byte range: timeouts, refused or dropped connections, 5xx answers and
+short bodies are retried with exponential backoff; a 404, a 416 or a server that ignores
+``Range`` (a 200 with the whole file) fail at once, since retrying cannot help.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import TypeVar
+
+import httpx
+
+from psyche_core.errors import PsycheError
+
+T = TypeVar("T")
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*$")
+_MIN_RATE = 256 * 1024  # bytes/s a body must at least arrive at, on top of the timeout
+_IGNORES_RANGE = (
+    "the server ignores Range requests (it answered 200 with the whole file); serve the files "
+    "with `psyche data serve` or another range-capable server"
+)
+
+
+class Retryable(Exception):
+    """A failure worth another try (the message says what happened)."""
+
+
+class Fatal(Exception):
+    """A failure that another try will not fix."""
+
+
+def _status_error(response: httpx.Response) -> Exception:
+    status = response.status_code
+    if status == 404:
+        return Fatal("404 Not Found")
+    if status == 416:
+        found = response.headers.get("content-range", "?")
+        return Fatal(
+            f"416 Range Not Satisfiable (Content-Range: {found}); the file is shorter than expected"
+        )
+    if status >= 500 or status in (408, 429):
+        return Retryable(f"HTTP {status} {response.reason_phrase}")
+    return Fatal(f"HTTP {status} {response.reason_phrase}")
+
+
+class RangeClient:
+    """Reads byte ranges of URLs, many at once.
+
+    Args:
+        connections: the most requests in flight (and pooled keep-alive connections).
+        timeout: seconds allowed for connecting and between two reads of an answer; a whole
+            answer must also arrive within ``timeout`` plus its size at 256 KiB/s.
+        retries: how many times a failed request is tried again.
+        backoff: seconds before the first retry; doubled for each next one (at most 10 s).
+        headers: extra headers for every request (e.g. a Hugging Face token).
+    """
+
+    def __init__(
+        self,
+        connections: int = 16,
+        timeout: float = 30.0,
+        retries: int = 5,
+        backoff: float = 0.25,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        if connections < 1:
+            raise PsycheError(f"HTTP connections must be at least 1, got {connections}")
+        if not timeout or timeout <= 0:
+            raise PsycheError(f"HTTP timeout must be positive, got {timeout}")
+        if retries < 0:
+            raise PsycheError(f"HTTP retries must be 0 or more, got {retries}")
+        self.timeout = float(timeout)
+        self.retries = retries
+        self.backoff = backoff
+        self._headers = dict(headers or {})
+        self._client = httpx.Client(
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            timeout=httpx.Timeout(self.timeout),
+            follow_redirects=True,
+            headers={"Accept-Encoding": "identity", "User-Agent": "psyche-data"},
+        )
+        self._pool = ThreadPoolExecutor(connections, thread_name_prefix="psyche-http")
+
+    # -- one request ---------------------------------------------------------------------------
+
+    def read(self, url: str, start: int, length: int) -> bytearray:
+        """Exactly ``length`` bytes of ``url`` from byte ``start``."""
+        end = start + length - 1
+        return self._retry(
+            f"{url} bytes {start}-{end}", lambda: self._read_once(url, start, length)
+        )
+
+    def size(self, url: str) -> int:
+        """The byte size of ``url``, from a one-byte range request (which also checks that the
+        server honours ``Range``)."""
+        return self._retry(f"{url} (finding its size)", lambda: self._size_once(url))
+
+    def _request_headers(self, start: int, end: int) -> dict[str, str]:
+        return {**self._headers, "Range": f"bytes={start}-{end}"}
+
+    def _read_once(self, url: str, start: int, length: int) -> bytearray:
+        end = start + length - 1
+        deadline = time.monotonic() + self.timeout + length / _MIN_RATE
+        with self._client.stream("GET", url, headers=self._request_headers(start, end)) as r:
+            whole_file = r.headers.get("content-length") == str(length)
+            if r.status_code == 200 and not (start == 0 and whole_file):
+                raise Fatal(_IGNORES_RANGE)  # (a 200 for exactly the whole file is fine)
+            if r.status_code not in (200, 206):
+                raise _status_error(r)
+            got = _parse_content_range(r.headers.get("content-range"))
+            if r.status_code == 206 and (got is None or got[0] != start or got[1] != end):
+                raise Fatal(
+                    f"the server answered with Content-Range "
+                    f"{r.headers.get('content-range')!r}, not bytes {start}-{end}"
+                )
+            buffer = bytearray(length)
+            filled = 0
+            for chunk in r.iter_raw():
+                if filled + len(chunk) > length:
+                    raise Fatal(f"the server sent more than the {length} bytes asked for")
+                buffer[filled : filled + len(chunk)] = chunk
+                filled += len(chunk)
+                if time.monotonic() > deadline:
+                    raise Retryable(f"too slow: {filled} of {length} bytes in time")
+            if filled != length:
+                raise Retryable(f"short read: got {filled} of {length} bytes")
+            return buffer
+
+    def _size_once(self, url: str) -> int:
+        with self._client.stream("GET", url, headers=self._request_headers(0, 0)) as r:
+            if r.status_code == 200:
+                raise Fatal(_IGNORES_RANGE)
+            if r.status_code not in (206, 416):
+                raise _status_error(r)
+            got = _parse_content_range(r.headers.get("content-range"))
+            if got is None or got[2] is None:
+                raise Fatal(
+                    f"cannot tell the file size from Content-Range "
+                    f"{r.headers.get('content-range')!r}"
+                )
+            return got[2]
+
+    def _retry(self, what: str, attempt: Callable[[], T]) -> T:
+        tries = self.retries + 1
+        for number in range(1, tries + 1):
+            try:
+                return attempt()
+            except Fatal as exc:
+                raise PsycheError(f"{what}: {exc}") from None
+            except (Retryable, httpx.TransportError) as exc:
+                reason = _describe_transport(exc)
+                if number == tries:
+                    raise PsycheError(
+                        f"{what}: {reason} (gave up after {tries} "
+                        f"attempt{'s' if tries > 1 else ''})"
+                    ) from None
+                time.sleep(min(self.backoff * 2 ** (number - 1), 10.0))
+        raise AssertionError("unreachable")
+
+    # -- many requests -------------------------------------------------------------------------
+
+    def map(self, function: Callable[..., T], calls: Sequence[tuple]) -> list[T]:
+        """``[function(*args) for args in calls]``, run concurrently on the connection pool.
+
+        The first failure cancels what has not started and is raised.
+        """
+        if len(calls) == 1:
+            return [function(*calls[0])]
+        futures = [self._pool.submit(function, *args) for args in calls]
+        _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            if future.done() and future.exception() is not None:
+                for other in pending:
+                    other.cancel()
+                wait(pending)
+                raise future.exception()  # type: ignore[misc]
+        return [future.result() for future in futures]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._client.close()
+
+
+def _parse_content_range(value: str | None) -> tuple[int | None, int | None, int | None] | None:
+    if not value:
+        return None
+    match = _CONTENT_RANGE.match(value)
+    if match is None:
+        return None
+    first, last, total = match.groups()
+    return (
+        None if first is None else int(first),
+        None if last is None else int(last),
+        None if total == "*" else int(total),
+    )
+
+
+def _describe_transport(exc: BaseException) -> str:
+    if isinstance(exc, Retryable):
+        return str(exc)
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "timed out connecting"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out waiting for the server"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect ({exc or 'connection refused'})"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return f"the server closed the connection early ({exc})"
+    return f"{type(exc).__name__}: {exc}"

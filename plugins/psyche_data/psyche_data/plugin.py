@@ -1,0 +1,90 @@
+"""psyche-data's hook implementations (kept light: nothing heavy is imported here)."""
+
+from __future__ import annotations
+
+from psyche_core.hookspecs import hookimpl
+from psyche_core.specs import DataProviderSpec, OptionSpec
+
+URL_OPTIONS = (
+    OptionSpec(
+        "data-url-start",
+        int,
+        0,
+        "First number put into a --data-url template such as .../{:05}.ds.",
+    ),
+    OptionSpec("data-url-count", int, None, "How many numbered files a --data-url template names."),
+)
+HTTP_OPTIONS = (
+    OptionSpec(
+        "data-http-connections", int, 16, "HTTP data: requests in flight (pooled connections)."
+    ),
+    OptionSpec(
+        "data-http-timeout",
+        float,
+        30.0,
+        "HTTP data: seconds to connect and between reads before a request is retried.",
+    ),
+    OptionSpec(
+        "data-http-retries",
+        int,
+        5,
+        "HTTP data: retries (exponential backoff) after a timeout, 5xx, dropped connection "
+        "or short read.",
+    ),
+)
+WEIGHTED_OPTION = OptionSpec(
+    "weighted",
+    list,
+    None,
+    "Weighted data: [[weighted]] tables of provider options plus a weight (TOML only).",
+    cli=False,
+)
+OPTIONS = (*URL_OPTIONS, *HTTP_OPTIONS, WEIGHTED_OPTION)
+
+
+@hookimpl
+def register_data_providers(register):
+    register(
+        DataProviderSpec(
+            name="local",
+            factory="psyche_data.local:build_local",
+            description="a folder of raw token files (.ds/.bin/.npy), memory-mapped",
+        )
+    )
+    register(
+        DataProviderSpec(
+            name="http",
+            factory="psyche_data.http:build_http",
+            options=(*URL_OPTIONS, *HTTP_OPTIONS),
+            description="token files over HTTP range requests (URLs, a template, a HF dataset)",
+        )
+    )
+    register(
+        DataProviderSpec(
+            name="weighted",
+            factory="psyche_data.weighted:build_weighted",
+            options=(WEIGHTED_OPTION,),
+            description="a seeded mixture of providers, from [[weighted]] tables in the run TOML",
+        )
+    )
+    register(
+        DataProviderSpec(
+            name="sample",
+            factory="psyche_data.sample:build_sample",
+            description="a small synthetic language generated in code (the default data)",
+        )
+    )
+    register(
+        DataProviderSpec(
+            name="preprocessed",
+            factory="psyche_data.preprocessed:build_preprocessed",
+            description="parquet files with input_ids (and labels, position_ids) columns",
+        )
+    )
+
+
+@hookimpl
+def register_commands(cli):
+    from psyche_data.cli import data
+
+    cli.add_command(data)

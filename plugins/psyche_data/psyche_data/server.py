@@ -1,0 +1,250 @@
+"""``psyche data serve``: a small threaded HTTP/1.1 server for a folder of token files.
+
+It answers ``GET`` and ``HEAD`` with single byte ranges (``bytes=a-b``, ``bytes=a-``,
+``bytes=-n``; 206 with ``Content-Range``, 416 when unsatisfiable), keeps connections alive, and
+never serves anything outside its folder (``..``, absolute paths, hidden files and symlinks that
+lead out are refused). ``GET /`` returns a JSON index of the data files,
+``{"files": [{"path": "a.ds", "size": 123}, ...]}``, in the order the ``local`` provider reads
+them, which is how the ``http`` provider reads a whole served folder from one URL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from psyche_core.errors import PsycheError
+from psyche_data.local import walk_data_files
+
+logger = logging.getLogger(__name__)
+
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+_CHUNK = 1 << 20
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """The inclusive byte range a ``Range`` header asks of a ``size``-byte file.
+
+    Returns ``None`` to send the whole file (no header, or one this server ignores as RFC 9110
+    allows: malformed or several ranges), ``"unsatisfiable"`` for a 416, else ``(first, last)``.
+    """
+    if not header:
+        return None
+    match = _RANGE.match(header)
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # suffix: the last n bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            return "unsatisfiable"
+        return max(0, size - n), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None
+    if start >= size:
+        return "unsatisfiable"
+    return start, min(end, size - 1)
+
+
+def data_index(root: Path) -> list[dict[str, object]]:
+    """The data files a server of ``root`` offers, with their sizes."""
+    real_root = os.path.realpath(root)
+    files = []
+    for name in walk_data_files(root):
+        real = os.path.realpath(root / name)
+        if _inside(real, real_root) and os.path.isfile(real):
+            files.append({"path": name, "size": os.path.getsize(real)})
+    return files
+
+
+def _inside(real: str, real_root: str) -> bool:
+    return real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+    server_version = "psyche-data"
+    timeout = 120  # an idle keep-alive connection is closed after this many seconds
+    # headers and body go out in two writes: without TCP_NODELAY, Nagle's algorithm holds the
+    # body until the client's delayed ACK (~40 ms per request)
+    disable_nagle_algorithm = True
+    server: DataServer
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def log_message(self, format: str, *args: object) -> None:
+        logger.debug("%s %s", self.address_string(), format % args)
+
+    def _serve(self, body: bool) -> None:
+        path = unquote(urlsplit(self.path).path)
+        if path == "/":
+            self._send_index(body)
+            return
+        target = self._resolve(path)
+        if target is None:
+            self._send_status(HTTPStatus.NOT_FOUND, body)
+            return
+        try:
+            file = open(target, "rb")  # noqa: SIM115 (closed by the with block below)
+        except OSError:
+            self._send_status(HTTPStatus.NOT_FOUND, body)
+            return
+        with file:
+            size = os.fstat(file.fileno()).st_size
+            wanted = parse_range(self.headers.get("Range"), size)
+            if wanted == "unsatisfiable":
+                self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if wanted is None:
+                first, last = 0, size - 1
+                self.send_response(HTTPStatus.OK)
+            else:
+                first, last = wanted
+                self.send_response(HTTPStatus.PARTIAL_CONTENT)
+                self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+            count = last - first + 1
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(count))
+            self.end_headers()
+            if body and count:
+                self.connection.sendfile(file, first, count)
+
+    def _resolve(self, path: str) -> str | None:
+        """The real path of a file inside the served folder, or None."""
+        parts = path.split("/")[1:]
+        if not parts or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+            return None
+        if any("\\" in p or "\0" in p for p in parts):
+            return None
+        real = os.path.realpath(os.path.join(self.server.real_root, *parts))
+        if not _inside(real, self.server.real_root) or not os.path.isfile(real):
+            return None
+        return real
+
+    def _send_index(self, body: bool) -> None:
+        payload = json.dumps({"files": data_index(self.server.root)}).encode()
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if body:
+            self.wfile.write(payload)
+
+    def _send_status(self, status: HTTPStatus, body: bool) -> None:
+        payload = f"{status.value} {status.phrase}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if body:
+            self.wfile.write(payload)
+
+
+class DataServer(ThreadingHTTPServer):
+    """A threaded server of one folder. Use :func:`start_server` to run it in the background."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, root: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 0):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise PsycheError(f"cannot serve {str(root)!r}: not a folder")
+        self.real_root = os.path.realpath(self.root)
+        try:
+            super().__init__((host, port), _Handler)
+        except OSError as exc:
+            raise PsycheError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        self._thread: threading.Thread | None = None
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            logger.debug("connection from %s ended early", client_address)  # a client went away
+            return
+        super().handle_error(request, client_address)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    @property
+    def url(self) -> str:
+        host = self.server_address[0]
+        if host in ("0.0.0.0", "::"):  # listening everywhere: name this machine
+            host = socket.gethostname()
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/"
+
+    def start(self) -> DataServer:
+        """Serve on a daemon thread; returns self."""
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join()
+            self._thread = None
+        self.server_close()
+
+    def __enter__(self) -> DataServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def start_server(
+    root: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 0
+) -> tuple[DataServer, int]:
+    """Serve ``root`` in the background: ``(server, port)``; ``server.close()`` stops it."""
+    server = DataServer(root, host, port).start()
+    return server, server.port
+
+
+def download_hf_repo(repo_id: str, folder: str | os.PathLike[str]) -> Path:
+    """Download a Hugging Face dataset repo's data files into ``folder``."""
+    from huggingface_hub import snapshot_download
+
+    from psyche_data.sources import hub_error
+
+    repo_id, _, revision = repo_id.partition("@")
+    patterns = ["*.ds", "*.bin", "*.npy"]
+    endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or None  # read now, not at import
+    try:
+        snapshot_download(
+            repo_id,
+            repo_type="dataset",
+            revision=revision or None,
+            allow_patterns=patterns,
+            local_dir=str(folder),
+            endpoint=endpoint,
+        )
+    except Exception as exc:  # huggingface_hub raises many types; show one line
+        raise hub_error(repo_id, exc) from None
+    return Path(folder)

@@ -1,0 +1,236 @@
+"""The http provider: same samples as local, every source form, and every way a server fails."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import numpy as np
+import pytest
+from data_helpers import make_options, write_tokens
+from data_servers import FakeHub, FaultyServer
+
+from psyche_core.errors import PsycheError
+from psyche_data.http import HttpDataProvider, build_http
+from psyche_data.local import LocalDataProvider
+from psyche_data.server import start_server
+from psyche_data.sources import RemoteFile, resolve_sources, template_urls
+
+FAST = {"timeout": 0.3, "retries": 2, "backoff": 0.01}
+
+
+@pytest.fixture
+def server(token_folder):
+    server, port = start_server(token_folder)
+    yield f"http://127.0.0.1:{port}/"
+    server.close()
+
+
+@pytest.mark.parametrize("seed", [None, 0, 17])
+def test_same_samples_as_local(token_folder, server, seed):
+    options = make_options(data_url=server, sequence_length=100, seed=seed)
+    local = LocalDataProvider(token_folder, 100, seed=seed)
+    with build_http(options) as http:
+        assert http.num_sequences == local.num_sequences == 65
+        for ids in (range(0, 16), range(16, 65), [64, 3, 3, 40]):
+            assert np.array_equal(http.read(ids), local.read(ids))
+        samples = http.get_samples(range(2))
+        assert samples[0].input_ids.dtype == np.int32
+
+
+def test_same_samples_as_local_with_token_size_4(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, n in [("x.ds", 333), ("y.ds", 1000)]:
+        write_tokens(tmp_path / name, rng.integers(0, 2**32, n, dtype=np.uint32), token_size=4)
+    server, port = start_server(tmp_path)
+    try:
+        local = LocalDataProvider(tmp_path, 32, token_size=4, seed=9)
+        files = resolve_sources(f"http://127.0.0.1:{port}/").files
+        with HttpDataProvider(files, 32, token_size=4, seed=9) as http:
+            assert np.array_equal(http.read(range(local.num_sequences)), local.read(range(41)))
+    finally:
+        server.close()
+
+
+def test_adjacent_samples_are_one_request(token_folder):
+    files = {n: (token_folder / n).read_bytes() for n in ("a.ds", "b.ds")}
+    with FaultyServer(files) as fake:
+        urls = [RemoteFile(f"{fake.url}/a.ds"), RemoteFile(f"{fake.url}/b.ds")]
+        with HttpDataProvider(urls, 100, **FAST) as http:
+            before = len(fake.requests)
+            http.read(range(0, 20))  # 10 from a.ds, 10 from b.ds
+            ranges = sorted(h["range"] for _, _, h in fake.requests[before:])
+    assert ranges == ["bytes=0-1999", "bytes=0-1999"]
+
+
+def test_url_list_and_template(token_folder, server):
+    local = LocalDataProvider(token_folder, 100)
+    listed = ",".join(f"{server}{n}" for n in ["a.ds", "b.ds", "c.bin", "d.npy"])
+    with build_http(make_options(data_url=listed, sequence_length=100)) as http:
+        assert np.array_equal(http.read(range(65)), local.read(range(65)))
+    for i, name in enumerate(["a.ds", "b.ds"]):
+        (token_folder / f"part-{i + 7:03}.bin").write_bytes((token_folder / name).read_bytes())
+    options = make_options(
+        data_url=server + "part-{:03}.bin", data_url_start=7, data_url_count=2, sequence_length=100
+    )
+    with build_http(options) as http:
+        assert http.num_sequences == 35
+        assert np.array_equal(http.read(range(35)), local.read(range(35)))
+
+
+def test_template_syntax():
+    assert template_urls("http://h/{}.ds", 9, 2) == ["http://h/9.ds", "http://h/10.ds"]
+    assert template_urls("http://h/{:05}.ds", 0, 1) == ["http://h/00000.ds"]
+    assert template_urls("http://h/{:03d}.ds", 1, 1) == ["http://h/001.ds"]
+    with pytest.raises(PsycheError, match="needs --data-url-count"):
+        template_urls("http://h/{}.ds", 0, None)
+    with pytest.raises(PsycheError, match="exactly one number field"):
+        template_urls("http://h/{}/{}.ds", 0, 1)
+    with pytest.raises(PsycheError, match="exactly one number field"):
+        template_urls("http://h/{x}.ds", 0, 1)
+
+
+def test_bad_data_url():
+    with pytest.raises(PsycheError, match="needs --data-url"):
+        resolve_sources("")
+    with pytest.raises(PsycheError, match="neither an http"):
+        resolve_sources("ftp://x/y.ds")
+    with pytest.raises(PsycheError, match="is not an http"):
+        resolve_sources("http://x/a.ds,b.ds")
+
+
+def test_hugging_face_repo_through_a_fake_hub(token_folder, monkeypatch):
+    names = ["a.ds", "b.ds", "c.bin", "d.npy"]
+    repo = {f"data/{n}": (token_folder / n).read_bytes() for n in names}
+    repo["README.md"] = b"# tiny"
+    with FakeHub({"psyche/tiny": repo}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+        local = LocalDataProvider(token_folder, 100, seed=3)
+        options = make_options(data_url="psyche/tiny", sequence_length=100, seed=3)
+        with build_http(options) as http:
+            assert "hf:psyche/tiny" in http.describe()
+            assert np.array_equal(http.read(range(65)), local.read(range(65)))
+        ranged = [h for m, p, h in hub.requests if "/resolve/" in p]
+        assert ranged and all(h.get("authorization") == "Bearer hf_test_token" for h in ranged)
+        with pytest.raises(PsycheError, match="'psyche/missing' not found"):
+            build_http(make_options(data_url="psyche/missing", sequence_length=100))
+
+
+def test_serve_hf_repo_downloads_then_serves(tmp_path, token_folder, monkeypatch):
+    from psyche_data.server import download_hf_repo
+
+    repo = {f"data/{n}": (token_folder / n).read_bytes() for n in ("a.ds", "b.ds")}
+    repo["notes.txt"] = b"skip me"
+    with FakeHub({"psyche/tiny": repo}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        folder = download_hf_repo("psyche/tiny", tmp_path / "dl")
+    assert (folder / "data" / "a.ds").read_bytes() == repo["data/a.ds"]
+    assert not (folder / "notes.txt").exists()
+    server, port = start_server(folder)
+    try:
+        local = LocalDataProvider(folder, 100, seed=1)
+        files = resolve_sources(f"http://127.0.0.1:{port}/").files
+        with HttpDataProvider(files, 100, seed=1) as http:
+            assert np.array_equal(http.read(range(35)), local.read(range(35)))
+    finally:
+        server.close()
+
+
+# -- faults --------------------------------------------------------------------------------------
+
+DATA = np.arange(400, dtype="<u2").tobytes()  # 4 sequences of 100 tokens
+
+
+def provider_for(fake, **kwargs) -> HttpDataProvider:
+    return HttpDataProvider([RemoteFile(f"{fake.url}/x.ds", len(DATA))], 100, **{**FAST, **kwargs})
+
+
+@pytest.mark.parametrize("fault", ["500", "drop", "short", "truncated", "stall"])
+def test_transient_faults_are_retried(fault):
+    with FaultyServer({"x.ds": DATA}, script=[fault, fault]) as fake:
+        with provider_for(fake, retries=2) as http:
+            assert http.read([2])[0].tolist() == list(range(200, 300))
+        assert len(fake.requests) == 3
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("500", "HTTP 500"),
+        ("drop", "closed the connection early"),
+        ("short", "closed the connection early"),
+        ("truncated", "short read: got 100 of 200 bytes"),
+    ],
+)
+def test_persistent_faults_end_in_a_clear_error(fault, message):
+    pattern = rf"x\.ds bytes 200-399: .*({message})"
+    with (
+        FaultyServer({"x.ds": DATA}, default=fault) as fake,
+        provider_for(fake) as http,
+        pytest.raises(PsycheError, match=pattern) as info,
+    ):
+        http.read([1])
+    assert "gave up after 3 attempts" in str(info.value)
+
+
+def test_stalling_server_times_out_instead_of_hanging():
+    with (
+        FaultyServer({"x.ds": DATA}, default="stall") as fake,
+        provider_for(fake, timeout=0.2, retries=1) as http,
+    ):
+        started = time.monotonic()
+        with pytest.raises(PsycheError, match="timed out waiting for the server"):
+            http.read(range(4))
+        assert time.monotonic() - started < 3
+
+
+def test_refused_connection():
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    files = [RemoteFile(f"http://127.0.0.1:{port}/x.ds")]
+    started = time.monotonic()
+    with pytest.raises(PsycheError, match=r"x\.ds \(finding its size\): cannot connect"):
+        HttpDataProvider(files, 100, **FAST)
+    assert time.monotonic() - started < 3
+
+
+def test_server_ignoring_range_is_reported():
+    with FaultyServer({"x.ds": DATA}, default="ignore-range") as fake:
+        with pytest.raises(PsycheError, match="ignores Range requests"):
+            HttpDataProvider([RemoteFile(f"{fake.url}/x.ds")], 100, **FAST)
+        ignored = r"bytes 200-399: the server ignores Range"
+        with provider_for(fake) as http, pytest.raises(PsycheError, match=ignored):
+            http.read([1])
+        assert len(fake.requests) == 2  # not retried
+
+
+def test_a_200_with_exactly_the_bytes_asked_for_is_accepted():
+    whole = DATA[:200]  # one sequence: a request for it is a request for the whole file
+    with FaultyServer({"x.ds": whole}, default="ignore-range") as fake:
+        http = HttpDataProvider([RemoteFile(f"{fake.url}/x.ds", 200)], 100, **FAST)
+        with http:
+            assert http.read([0])[0].tolist() == list(range(100))
+
+
+def test_not_found_and_unsatisfiable():
+    with FaultyServer({"x.ds": DATA}) as fake:
+        with pytest.raises(PsycheError, match=r"nope\.ds \(finding its size\): 404 Not Found"):
+            HttpDataProvider([RemoteFile(f"{fake.url}/nope.ds")], 100, **FAST)
+        # a file that shrank after its size was read: the range is past its end
+        too_long = [RemoteFile(f"{fake.url}/x.ds", len(DATA) * 2)]
+        with (
+            HttpDataProvider(too_long, 100, **FAST) as http,
+            pytest.raises(PsycheError, match=r"bytes 1400-1599: 416"),
+        ):
+            http.read([7])
+
+
+def test_one_failing_sample_fails_the_batch():
+    with (
+        FaultyServer({"x.ds": DATA}, script=["ok", "404"], default="ok") as fake,
+        provider_for(fake) as http,
+        pytest.raises(PsycheError, match="404"),
+    ):
+        http.read([0, 2])  # two separate requests, one of them fails

@@ -1,0 +1,172 @@
+"""`psyche data serve`: ranges, HEAD, keep-alive, the index, and staying inside its folder."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+from data_helpers import write_tokens
+
+from psyche_core.errors import PsycheError
+from psyche_data.server import DataServer, parse_range, start_server
+
+
+@pytest.fixture
+def served(tmp_path):
+    folder = tmp_path / "served"
+    write_tokens(folder / "a.ds", np.arange(50))  # 100 bytes: 0,0,1,0,2,0,...
+    write_tokens(folder / "sub" / "b.bin", np.arange(10))
+    (folder / "notes.txt").write_text("hello")
+    (folder / ".secret.ds").write_bytes(b"xx")
+    (tmp_path / "outside.ds").write_bytes(b"secret!!")
+    os.symlink(tmp_path / "outside.ds", folder / "escape.ds")
+    os.symlink(folder / "a.ds", folder / "inside.ds")
+    server, port = start_server(folder)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+        yield folder, client
+    server.close()
+
+
+def test_parse_range():
+    assert parse_range(None, 100) is None
+    assert parse_range("bytes=0-9", 100) == (0, 9)
+    assert parse_range("bytes=90-200", 100) == (90, 99)
+    assert parse_range("bytes=95-", 100) == (95, 99)
+    assert parse_range("bytes=-10", 100) == (90, 99)
+    assert parse_range("bytes=-500", 100) == (0, 99)
+    assert parse_range("bytes=100-", 100) == "unsatisfiable"
+    assert parse_range("bytes=-0", 100) == "unsatisfiable"
+    assert parse_range("bytes=0-0", 0) == "unsatisfiable"
+    assert parse_range("bytes=5-2", 100) is None  # invalid: ignored, whole file
+    assert parse_range("bytes=0-1,5-6", 100) is None  # several ranges: whole file
+    assert parse_range("items=0-1", 100) is None
+
+
+def test_ranges(served):
+    folder, client = served
+    data = (folder / "a.ds").read_bytes()
+    r = client.get("/a.ds", headers={"Range": "bytes=10-19"})
+    assert r.status_code == 206
+    assert r.headers["content-range"] == "bytes 10-19/100"
+    assert r.content == data[10:20]
+    r = client.get("/a.ds", headers={"Range": "bytes=90-"})
+    assert (r.status_code, r.content) == (206, data[90:])
+    r = client.get("/a.ds", headers={"Range": "bytes=-4"})
+    assert (r.status_code, r.content) == (206, data[96:])
+    r = client.get("/a.ds", headers={"Range": "bytes=100-"})
+    assert r.status_code == 416
+    assert r.headers["content-range"] == "bytes */100"
+    r = client.get("/a.ds")
+    assert (r.status_code, r.content) == (200, data)
+    assert r.headers["accept-ranges"] == "bytes"
+
+
+def test_head_and_keep_alive(served):
+    _, client = served
+    r = client.head("/a.ds")
+    assert r.status_code == 200
+    assert r.headers["content-length"] == "100"
+    assert r.content == b""
+    # several requests over one kept-alive connection
+    host, port = client.base_url.host, client.base_url.port
+    with socket.create_connection((host, port), timeout=5) as sock:
+        request = b"GET /a.ds HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\n\r\n"
+        for _ in range(3):
+            sock.sendall(request)
+            reply = b""
+            while not reply.endswith(b"\r\n\r\n\x00\x00"):
+                chunk = sock.recv(4096)
+                assert chunk, "server closed a keep-alive connection"
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 206")
+
+
+def test_index_lists_data_files_in_local_order(served):
+    _, client = served
+    files = client.get("/").json()["files"]
+    assert [f["path"] for f in files] == ["a.ds", "inside.ds", "sub/b.bin"]
+    assert [f["size"] for f in files] == [100, 100, 20]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/../outside.ds",
+        "/%2e%2e/outside.ds",
+        "/sub/../../outside.ds",
+        "//etc/passwd",
+        "/escape.ds",
+        "/.secret.ds",
+        "/sub",
+        "/missing.ds",
+        "/a.ds%00",
+    ],
+)
+def test_never_serves_outside_its_folder(served, path):
+    _, client = served
+    r = client.get(path)
+    assert r.status_code == 404
+    assert b"secret" not in r.content
+
+
+def test_raw_dot_dot_request_is_refused(served):
+    _, client = served
+    host, port = client.base_url.host, client.base_url.port
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(b"GET /../outside.ds HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 404")
+    assert b"secret" not in reply
+
+
+def test_serves_other_files_inside(served):
+    folder, client = served
+    assert client.get("/notes.txt").text == "hello"
+    assert client.get("/sub/b.bin").content == (folder / "sub" / "b.bin").read_bytes()
+
+
+def test_bad_folder_and_busy_port(tmp_path):
+    with pytest.raises(PsycheError, match="not a folder"):
+        DataServer(tmp_path / "nope")
+    with DataServer(tmp_path) as first, pytest.raises(PsycheError, match="cannot listen"):
+        DataServer(tmp_path, port=first.port)
+
+
+def test_serve_command_prints_the_url(tmp_path, token_folder):
+    code = "import sys; from psyche_data.cli import data; data(sys.argv[1:])"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "serve", str(token_folder), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline().strip()
+        assert line.startswith("use: --data-url http://127.0.0.1:")
+        url = line.split()[-1]
+        files = httpx.get(url, timeout=5).json()["files"]
+        assert [f["path"] for f in files] == ["a.ds", "b.ds", "c.bin", "d.npy"]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        process.stdout.close()
+        process.stderr.close()
+
+
+def test_serve_command_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from psyche_data.cli import data
+
+    result = CliRunner().invoke(data, ["serve", str(tmp_path / "missing")])
+    assert isinstance(result.exception, PsycheError)
+    assert "no such folder" in str(result.exception)
+    result = CliRunner().invoke(data, ["serve", str(tmp_path)])
+    assert "no .ds, .bin or .npy files" in str(result.exception)
