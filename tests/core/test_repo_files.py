@@ -1,0 +1,22 @@
+"""The README's commands, CI and shipped configs stay true to each other."""
+
+import re
+from pathlib import Path
+
+from psyche_core.options import collect_option_specs, resolve
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    quick = re.search(r"# 2\. set up and run the tests\n(.+)\n", readme).group(1)
+    test_command = quick.split("&&")[-1].strip().removeprefix(".venv/bin/")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert f".venv/bin/{test_command}\n" in ci
+
+
+def test_psyche_example_config_is_valid():
+    options = resolve(collect_option_specs([]), {}, ROOT / "configs" / "psyche-train-example.toml")
+    assert options.total_batch == 256 and options.micro_batch == 8
+    assert options.sequence_length == 2048 and options.warmup_steps == 500
