@@ -53,6 +53,7 @@ class ModelChoice:
     label: str
     config: Mapping[str, Any] | None = None
     checkpoint: Path | None = None
+    note: str = ""  # one console line, e.g. which fallback plugin loads the model
 
     def build(
         self, seed: int, device: torch.device | None = None, dtype: torch.dtype | None = None
@@ -81,11 +82,13 @@ def resolve_model(plugins: Plugins, ref: str) -> ModelChoice:
     path = Path(ref).expanduser()
     if path.is_file() and path.suffix == ".json":
         config = hf.read_config_file(path)
-        return ModelChoice(spec_for_config(plugins, config, ref), ref, config=config)
+        spec = spec_for_config(plugins, config, ref)
+        return ModelChoice(spec, ref, config=config, note=fallback_note(spec, config))
     if path.is_dir() or (ref.count("/") == 1 and not path.exists()):
         directory = hf.resolve_checkpoint(ref)
         config = hf.read_config(directory)
-        return ModelChoice(spec_for_config(plugins, config, ref), ref, checkpoint=directory)
+        spec = spec_for_config(plugins, config, ref)
+        return ModelChoice(spec, ref, checkpoint=directory, note=fallback_note(spec, config))
     if ":" in ref and name not in plugins.models:
         raise UnknownNameError("model", name, plugins.models.names())
     raise UnknownNameError(
@@ -98,20 +101,36 @@ def resolve_model(plugins: Plugins, ref: str) -> ModelChoice:
 
 
 def spec_for_config(plugins: Plugins, config: Mapping[str, Any], source: str) -> ModelSpec:
-    """The registered model that loads this HF config (by model_type, then architectures)."""
+    """The registered model that loads this HF config: a native one by model_type, then by
+    architectures; else a fallback model (psyche-hf), the first by name if several."""
     model_type = config.get("model_type")
     architectures = set(config.get("architectures") or ())
-    for _, spec, _ in plugins.models.items():
+    specs = [spec for _, spec, _ in plugins.models.items()]
+    native = [spec for spec in specs if not spec.fallback]
+    for spec in native:
         if model_type and model_type in spec.model_types:
             return spec
-    for _, spec, _ in plugins.models.items():
+    for spec in native:
         if architectures & set(spec.architectures):
+            return spec
+    for spec in specs:
+        if spec.fallback:
             return spec
     loaders = [f"{n} ({', '.join(s.model_types) or '-'})" for n, s, _ in plugins.models.items()]
     raise PsycheError(
         f"{source}: no installed model plugin loads model_type {model_type!r} "
         f"(installed: {'; '.join(loaders) or 'none'}). Install a plugin that does, "
         "e.g. psyche-hf for any transformers model."
+    )
+
+
+def fallback_note(spec: ModelSpec, config: Mapping[str, Any]) -> str:
+    """The console line saying a fallback model loads this config, or ``""``."""
+    if not spec.fallback:
+        return ""
+    return (
+        f"using {spec.name} for model_type {config.get('model_type')!r} "
+        "(no native model plugin claims it)"
     )
 
 
@@ -249,12 +268,15 @@ def prepare(options: Options, plugins: Plugins, world_size: int) -> dict[str, An
     device = resolve_device(options.device)
     plan_batches(options.total_batch, options.micro_batch, world_size)
     if options.resume:
+        # the model the run was trained with, if installed (a Llama trained through psyche-hf
+        # resumes through psyche-hf); else whatever loads the checkpoint's config
         config = hf.read_config(options.resume)
-        model = ModelChoice(
-            spec_for_config(plugins, config, options.resume),
-            options.model,
-            checkpoint=Path(options.resume),
-        )
+        recorded = checkpoint.read(options.resume).run.get("model", {}).get("spec")
+        if recorded in plugins.models:
+            spec = plugins.models.get(recorded)
+        else:
+            spec = spec_for_config(plugins, config, options.resume)
+        model = ModelChoice(spec, options.model, checkpoint=Path(options.resume))
     else:
         model = resolve_model(plugins, options.model)
     return {
@@ -475,6 +497,8 @@ def _print_header(
         f"({model.num_parameters() / 1e6:.2f}M params, {hf.dtype_name(dtype)}, {device})",
         highlight=False,
     )
+    if choice.note:
+        console.print(f"  {choice.note}", highlight=False)
     console.print(f"  data      {data.describe()}", highlight=False)
     console.print(
         f"  optimizer {optimizer}, lr {options.learning_rate:g} (warmup {options.warmup_steps}, "

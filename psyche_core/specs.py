@@ -76,6 +76,9 @@ class ModelSpec:
         default_preset: the preset ``--model llama`` means; the first preset if not given.
         options: extra ``psyche train`` options the model reads.
         description: one line for ``psyche list-plugins``.
+        fallback: load any HF checkpoint or config whose ``model_type`` and ``architectures``
+            no other installed model claims (psyche-hf wraps transformers this way). Consulted
+            only after every native match; ``model_types`` still lists what it is tested on.
     """
 
     name: str
@@ -86,6 +89,7 @@ class ModelSpec:
     default_preset: str | None = None
     options: tuple[OptionSpec, ...] = ()
     description: str = ""
+    fallback: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_types", tuple(self.model_types))

@@ -207,3 +207,23 @@ def test_adamw_takes_betas_eps_and_weight_decay_from_the_flags(tmp_path):
     assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.8, 0.9), 1e-6, 0.05)
     with pytest.raises(PsycheError, match="--beta1 must be in"):
         AdamW(ToyForCausalLM.from_config(TOY), betas=(1.0, 0.9))
+
+
+def test_a_fallback_model_loads_what_no_native_plugin_claims(plugins, tmp_path):
+    from psyche_core import ModelSpec
+    from psyche_core.run import resolve_model, spec_for_config
+
+    plugins.models.add(
+        "anything",
+        ModelSpec(name="anything", cls="tests.core.toy_plugin:ToyForCausalLM", fallback=True),
+        plugins.infos[-1].owner,
+    )
+    assert spec_for_config(plugins, {"model_type": "toy"}, "x").name == "toy"  # native first
+    assert spec_for_config(plugins, {"model_type": "qwen9"}, "x").name == "anything"
+    ToyForCausalLM.from_config(TOY).save_pretrained(tmp_path / "ckpt")
+    config = (tmp_path / "ckpt" / "config.json").read_text()
+    config = config.replace('"toy"', '"qwen9"').replace("ToyForCausalLM", "Qwen9ForCausalLM")
+    (tmp_path / "ckpt" / "config.json").write_text(config)
+    choice = resolve_model(plugins, str(tmp_path / "ckpt"))
+    assert choice.spec.name == "anything"
+    assert choice.note == "using anything for model_type 'qwen9' (no native model plugin claims it)"

@@ -1,0 +1,536 @@
+"""Any ``transformers`` causal LM as a psyche :class:`~psyche_core.model.CausalLM`.
+
+:class:`HfCausalLM` wraps the model ``transformers.AutoModelForCausalLM`` builds and *adopts its
+children*: the transformers model's submodules (``model``, ``lm_head``, ``transformer`` ...) are
+registered directly on the wrapper, so parameter names, the state dict and the module tree are
+transformers' own (``model.layers.0.self_attn.q_proj.weight``) and optimizer state, checkpoints
+and the native psyche plugins all speak the same names. ``forward`` calls the transformers model
+itself; the loss is computed here, in float32, with psyche's contract (mean over labelled
+positions, divided by ``loss_scale``).
+
+Packed documents: recent transformers (``masking_utils``; 5.24 is tested) reads a row whose
+``position_ids`` restart at 0 as several documents and masks attention between them, for eager
+and sdpa alike, in every model that builds its mask with ``create_causal_mask(position_ids=...)``.
+The wrapper turns ``sequence_lengths`` into such positions; the first time a model sees packed
+documents (per attention implementation) a two-row probe checks that the second document's
+logits do not depend on the first, and a model whose mask ignores the boundaries (bloom) is a
+clear error.
+
+References:
+    - huggingface/transformers ``masking_utils.py`` (``find_packed_sequence_indices``,
+      ``create_causal_mask``), ``modeling_utils.py`` (``set_attn_implementation``,
+      ``save_pretrained``), ``models/auto`` (``AutoConfig.for_model``,
+      ``AutoModelForCausalLM.from_config`` / ``from_pretrained``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from psyche_core import hf
+from psyche_core.errors import InvalidInputError, PsycheError
+from psyche_core.model import CausalLM, CausalLMOutput
+from psyche_hf.building import (
+    dtype_kwarg,
+    hf_config,
+    import_transformers,
+    no_progress_bars,
+    seeded_init,
+)
+from psyche_hf.presets import AUTO_PRESET, PRESETS, SOURCE_KEY
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+AUTO_HELP = (
+    "--model hf trains the model named by --hf-model (a checkpoint directory or Hugging Face repo "
+    "id) or --hf-config (a config.json for random init); or pick a preset: "
+    + ", ".join(f"hf:{name}" for name in PRESETS if name != AUTO_PRESET)
+)
+
+
+# -- the model -----------------------------------------------------------------------------------
+
+
+class HfCausalLM(CausalLM):
+    """A transformers ``AutoModelForCausalLM`` model behind psyche's CausalLM contract.
+
+    ``self.hf_model`` is the transformers model; ``self.config`` its ``PretrainedConfig``. Built
+    from the ``auto`` preset the wrapper starts empty and ``apply_options`` loads the model named
+    by ``--hf-model`` / ``--hf-config``.
+    """
+
+    #: the transformers model (``None`` until an ``auto`` wrapper is filled by its options)
+    hf_model: Any = None
+
+    def __init__(self, model: Any = None) -> None:
+        super().__init__(None if model is None else model.config)  # type: ignore[arg-type]
+        self._packing: dict[str, bool] = {}  # attention implementation -> packed docs work
+        self._forward_params: frozenset[str] = frozenset()
+        self._target: tuple[Any, Any] = (None, None)  # (device, dtype) for an ``auto`` wrapper
+        if model is not None:
+            self._adopt(model)
+
+    def _adopt(self, model: Any) -> None:
+        """Take over ``model``'s submodules (and any top-level parameters or buffers)."""
+        for name in list(self._modules):
+            delattr(self, name)
+        object.__setattr__(self, "hf_model", model)  # a plain attribute, not a submodule
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        for name, param in model._parameters.items():
+            self.register_parameter(name, param)
+        for name, buffer in model._buffers.items():
+            persistent = name not in model._non_persistent_buffers_set
+            self.register_buffer(name, buffer, persistent=persistent)
+        model.train(self.training)
+        self.config = model.config
+        self.attn_implementation = model.config._attn_implementation
+        self._packing.clear()
+        self._forward_params = frozenset(inspect.signature(model.forward).parameters)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # .to() / .float() reach the adopted children through this module; top-level tensors of
+        # the transformers model (rare) are re-pointed at the converted ones.
+        super()._apply(fn, recurse)
+        model = self.hf_model
+        if model is not None:
+            model._parameters.update({k: self._parameters[k] for k in model._parameters})
+            model._buffers.update({k: self._buffers[k] for k in model._buffers})
+        return self
+
+    def train(self, mode: bool = True) -> HfCausalLM:
+        super().train(mode)
+        if self.hf_model is not None:
+            self.hf_model.training = mode
+        return self
+
+    def _loaded(self) -> Any:
+        if self.hf_model is None:
+            raise PsycheError(AUTO_HELP)
+        return self.hf_model
+
+    @property
+    def model_type(self) -> str:
+        return str(getattr(self.config, "model_type", "?"))
+
+    def _describe(self) -> str:
+        return f"transformers' {type(self._loaded()).__name__} (model_type {self.model_type})"
+
+    # -- construction and I/O -------------------------------------------------------------------
+
+    @classmethod
+    def parse_config(cls, config: Any) -> Any:
+        return hf_config(config)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Any,
+        *,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+    ) -> HfCausalLM:
+        """``AutoModelForCausalLM.from_config`` with transformers' own init, seeded: the same
+        seed gives the same weights whatever the global RNG state (init runs on the CPU in
+        float32, then moves to ``device`` / ``dtype``). The ``auto`` preset gives an empty
+        wrapper that :meth:`apply_options` fills."""
+        if isinstance(config, Mapping) and SOURCE_KEY in config:
+            shell = cls()
+            shell._target = (device, hf.parse_dtype(dtype))
+            return shell
+        transformers = import_transformers()
+        parsed = hf_config(config)
+        with seeded_init(seed):
+            try:
+                model = transformers.AutoModelForCausalLM.from_config(
+                    parsed, **{dtype_kwarg(transformers): torch.float32}
+                )
+            except ValueError as exc:
+                raise PsycheError(
+                    f"hf: transformers has no causal LM for model_type {parsed.model_type!r}: {exc}"
+                ) from None
+        return cls(model).to(device=device, dtype=hf.parse_dtype(dtype))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: Any,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        revision: str | None = None,
+    ) -> HfCausalLM:
+        """``AutoModelForCausalLM.from_pretrained`` on a local directory or a hub repo id
+        (resolved by psyche: ``HF_HUB_OFFLINE=1`` and the cache are honoured). ``dtype``
+        defaults to float32, whatever the checkpoint holds; missing weights are an error."""
+        transformers = import_transformers()
+        directory = hf.resolve_checkpoint(source, revision)
+        hf.read_config(directory)  # a clear error when there is no config.json
+        kwargs = {dtype_kwarg(transformers): hf.parse_dtype(dtype) or torch.float32}
+        try:
+            with no_progress_bars(transformers):
+                model, info = transformers.AutoModelForCausalLM.from_pretrained(
+                    directory, output_loading_info=True, **kwargs
+                )
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise PsycheError(
+                f"{source}: transformers cannot load it as a causal LM: {exc}"
+            ) from None
+        missing = sorted(info.get("missing_keys") or ())
+        mismatched = info.get("mismatched_keys") or ()
+        if missing or mismatched:
+            problems = [f"missing keys: {_few(missing)}"] if missing else []
+            if mismatched:
+                problems.append(f"shape mismatches: {_few([str(m[0]) for m in mismatched])}")
+            raise PsycheError(f"{source}: weights do not match the config ({'; '.join(problems)})")
+        if info.get("unexpected_keys"):
+            logger.warning("%s: ignored weights %s", source, _few(info["unexpected_keys"]))
+        return cls(model).to(device=device)
+
+    def save_pretrained(
+        self,
+        directory: Any,
+        *,
+        max_shard_size: int | None = None,
+        extra_files: Mapping[str, str | bytes] | None = None,
+    ) -> None:
+        """transformers' own ``save_pretrained`` (config.json + safetensors), written to a
+        temporary sibling directory that replaces ``directory`` only when complete, plus any
+        ``extra_files`` (name -> content), as :func:`psyche_core.hf.save_checkpoint` does."""
+        model = self._loaded()
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+            with no_progress_bars(import_transformers()):
+                model.save_pretrained(staging, **kwargs)
+            for name, content in (extra_files or {}).items():
+                mode = "wb" if isinstance(content, bytes) else "w"
+                with open(staging / name, mode) as f:
+                    f.write(content)
+            hf.replace_directory(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def load_hf_state_dict(
+        self,
+        state: Mapping[str, torch.Tensor],
+        *,
+        source: str = "state dict",
+        device: torch.device | str | None = None,
+    ) -> None:
+        """Copy a state dict with transformers' keys into the model, checking keys and shapes
+        first; a tied copy (``lm_head.weight`` of tied embeddings) is ignored, as transformers
+        does."""
+        model = self._loaded()
+        expected = self.hf_state_dict_shapes()
+        tied = set(self.state_dict()) - set(expected)
+        state = {k: v for k, v in state.items() if k not in tied}
+        hf.check_state_dict(expected, state, source)
+        with torch.no_grad():
+            model.load_state_dict(state, strict=False)
+
+    # -- options and attention ------------------------------------------------------------------
+
+    def set_attn_implementation(self, name: str) -> None:
+        """``eager`` or ``sdpa``, through transformers' ``set_attn_implementation``."""
+        if name not in self.attn_implementations:
+            super().set_attn_implementation(name)  # raises, listing the choices
+        model = self.hf_model
+        if model is None:  # an ``auto`` wrapper: applied when the model is loaded
+            self.attn_implementation = name
+            return
+        try:
+            if hasattr(model, "set_attn_implementation"):
+                model.set_attn_implementation(name)
+            else:  # transformers < 4.48
+                model.config._attn_implementation = name
+        except (ValueError, ImportError) as exc:
+            reason = str(exc).split(". ")[0]  # transformers' first sentence says it
+            raise PsycheError(
+                f"{self._describe()} cannot use {name} attention ({reason}); use "
+                f"--attn-implementation {model.config._attn_implementation}"
+            ) from None
+        actual = model.config._attn_implementation
+        if actual != name:
+            raise PsycheError(
+                f"transformers cannot switch {type(model).__name__} (model_type "
+                f"{self.model_type}) to {name} attention (it runs {actual}); use "
+                f"--attn-implementation {actual}"
+            )
+        self.attn_implementation = name
+
+    def apply_options(self, options: Mapping[str, Any]) -> None:
+        """Load the model ``--hf-model`` / ``--hf-config`` name into an ``auto`` wrapper."""
+        source, config = _option(options, "hf_model"), _option(options, "hf_config")
+        if self.hf_model is not None:
+            if (source or config) and not _option(options, "resume"):
+                model = _option(options, "model") or "a preset"
+                raise PsycheError(
+                    f"--hf-model and --hf-config go with --model hf; --model {model} already "
+                    "names the model"
+                )
+            return
+        if source and config:
+            raise PsycheError(
+                "give --hf-model (a checkpoint) or --hf-config (random init), not both"
+            )
+        if not (source or config):
+            raise PsycheError(AUTO_HELP)
+        device, dtype = self._target
+        if source:
+            loaded = type(self).from_pretrained(source, device=device, dtype=dtype)
+        else:
+            seed = _option(options, "seed")
+            loaded = type(self).from_config(
+                hf.read_config_file(config),
+                seed=0 if seed is None else seed,
+                device=device,
+                dtype=dtype,
+            )
+        requested = self.attn_implementation
+        self._adopt(loaded.hf_model)
+        self.set_attn_implementation(requested)
+
+    # -- facts ----------------------------------------------------------------------------------
+
+    @property
+    def max_context_length(self) -> int:
+        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(self.config, name, None)
+            if isinstance(value, int):
+                return value
+        raise PsycheError(f"{self._describe()}: its config names no maximum context length")
+
+    def _context_limit(self) -> int | None:
+        try:
+            return self.max_context_length
+        except PsycheError:
+            return None
+
+    # -- forward ----------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        sequence_lengths: Sequence[Sequence[int]] | None = None,
+        num_logits_to_keep: int | None = None,
+        loss_scale: float | None = None,
+        return_logits: bool = True,
+    ) -> CausalLMOutput:
+        model = self._loaded()
+        self._check_inputs(input_ids, labels, position_ids, loss_scale)
+        position_ids, attention_mask = self._document_inputs(
+            input_ids, position_ids, sequence_lengths
+        )
+        kwargs: dict[str, Any] = {"use_cache": False}
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+        keep = num_logits_to_keep or 0
+        keep_kwarg = self._keep_kwarg()
+        if labels is None and keep and keep_kwarg:
+            kwargs[keep_kwarg] = keep
+        output = model(input_ids=input_ids, **kwargs)
+        logits = output.logits
+        if keep and logits.shape[1] > keep:
+            logits = logits[:, -keep:]
+        if labels is None:
+            return CausalLMOutput(logits, None)
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # position t predicts t+1
+        total = F.cross_entropy(
+            output.logits.flatten(0, 1).float(),
+            targets.flatten().to(output.logits.device),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        loss = total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+        aux = getattr(output, "aux_loss", None)  # MoE load balancing, as transformers adds it
+        if aux is not None:
+            loss = loss + float(getattr(self.config, "router_aux_loss_coef", 0.0)) * aux.float()
+        if loss_scale is not None:
+            loss = loss / loss_scale
+        return CausalLMOutput(logits if return_logits else None, loss)
+
+    def _keep_kwarg(self) -> str | None:
+        """transformers 4.50 renamed ``num_logits_to_keep`` to ``logits_to_keep``."""
+        for name in ("logits_to_keep", "num_logits_to_keep"):
+            if name in self._forward_params:
+                return name
+        return None
+
+    def _check_inputs(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        loss_scale: float | None,
+    ) -> None:
+        """Clear errors instead of index errors deep inside transformers."""
+        if input_ids.dim() != 2 or input_ids.is_floating_point():
+            raise InvalidInputError(
+                f"input_ids must be (batch, seq_len) integer token ids, got a {input_ids.dtype} "
+                f"tensor of shape {tuple(input_ids.shape)}"
+            )
+        B, T = input_ids.shape
+        limit = self._context_limit()
+        if limit is not None and input_ids.shape[1] > limit:
+            raise InvalidInputError(
+                f"sequence of {T} tokens is longer than the model's context ({limit})"
+            )
+        vocab = self.vocab_size
+        if input_ids.numel():
+            low, high = torch.aminmax(input_ids)
+            if low < 0 or high >= vocab:
+                bad = int(low) if low < 0 else int(high)
+                raise InvalidInputError(
+                    f"token id {bad} is outside the vocabulary (vocab_size={vocab})"
+                )
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise InvalidInputError(
+                    f"labels shape {tuple(labels.shape)} differs from input_ids shape {(B, T)}"
+                )
+            bad_labels = ((labels < 0) & (labels != IGNORE_INDEX)) | (labels >= vocab)
+            if bad_labels.any():
+                raise InvalidInputError(
+                    f"label {int(labels[bad_labels][0])} is outside the vocabulary "
+                    f"(vocab_size={vocab}; use {IGNORE_INDEX} to skip a position)"
+                )
+        if position_ids is not None:
+            if position_ids.shape[-1] != T or position_ids.numel() // T not in (1, B):
+                raise InvalidInputError(
+                    f"position_ids shape {tuple(position_ids.shape)} does not match input_ids "
+                    f"{(B, T)}"
+                )
+            if "position_ids" not in self._forward_params:
+                raise InvalidInputError(f"{self._describe()} takes no position_ids")
+        if loss_scale is not None and not loss_scale > 0:
+            raise InvalidInputError(f"loss_scale must be positive, got {loss_scale}")
+
+    def _document_inputs(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None,
+        sequence_lengths: Sequence[Sequence[int]] | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(position_ids, attention_mask)`` for transformers.
+
+        Packed documents become positions that restart at 0 per document (transformers' packed
+        format). Explicit positions without documents get an all-ones 2-D mask, so attention
+        spans the whole row as in every psyche model (without a mask transformers would read a
+        restart as a document boundary).
+        """
+        B, T = input_ids.shape
+        device = input_ids.device
+        if position_ids is not None:
+            position_ids = position_ids.to(device=device, dtype=torch.long).view(-1, T)
+        if sequence_lengths is None or all(len(row) == 1 for row in sequence_lengths):
+            if sequence_lengths is not None:
+                _check_sequence_lengths(sequence_lengths, B, T)
+            if position_ids is None:
+                return None, None
+            return position_ids, torch.ones(B, T, dtype=torch.long, device=device)
+        lengths = _check_sequence_lengths(sequence_lengths, B, T)
+        self._require_packing()
+        sizes = torch.tensor(lengths, device=device)
+        first = torch.cumsum(sizes, 0) - sizes  # flat index where each document starts
+        starts = torch.zeros(B * T, dtype=torch.bool, device=device)
+        starts[first] = True
+        starts = starts.view(B, T)
+        if position_ids is None:
+            doc = torch.repeat_interleave(torch.arange(len(lengths), device=device), sizes)
+            return (torch.arange(B * T, device=device) - first[doc]).view(B, T), None
+        full = position_ids.expand(B, T)
+        breaks = torch.ones_like(starts)
+        breaks[:, 1:] = full[:, 1:] - full[:, :-1] != 1
+        if not torch.equal(breaks, starts):
+            raise InvalidInputError(
+                "with packed documents, position_ids must count up by one inside each document "
+                "and restart at every boundary (transformers' packed-sequence format); leave "
+                "them out to have them computed from sequence_lengths"
+            )
+        return position_ids, None
+
+    def _require_packing(self) -> None:
+        implementation = self.attn_implementation
+        if implementation not in self._packing:
+            self._packing[implementation] = self._probe_packing()
+        if not self._packing[implementation]:
+            raise PsycheError(
+                f"{self._describe()} cannot keep packed documents apart with {implementation} "
+                "attention: its attention mask ignores where documents start (transformers marks "
+                "them by position_ids restarting at 0). Train it on one document per row (no "
+                "sequence_lengths); docs/models/hf.md lists the architectures that support it"
+            )
+
+    def _probe_packing(self) -> bool:
+        """Whether a second packed document's logits are independent of the first one's.
+
+        Two rows hold different first documents and the same second one; where attention stops
+        at the boundary the second document's logits agree to rounding (exactly, in practice).
+        Runs without gradients, in eval mode, once per attention implementation.
+        """
+        model = self.hf_model
+        if "position_ids" not in self._forward_params:
+            return False
+        device = next(self.parameters()).device
+        generator = torch.Generator().manual_seed(0)
+        firsts = torch.randint(0, self.vocab_size, (2, 6), generator=generator)
+        second = torch.randint(0, self.vocab_size, (1, 4), generator=generator).expand(2, 4)
+        ids = torch.cat([firsts, second], dim=1).to(device)
+        positions = torch.cat([torch.arange(6), torch.arange(4)]).expand(2, 10).to(device)
+        training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                out = model(input_ids=ids, position_ids=positions, use_cache=False)
+        finally:
+            self.train(training)
+        logits = out.logits[:, 6:].float()
+        leak = (logits[0] - logits[1]).abs().max().item()
+        return leak <= 1e-4 * max(1.0, logits.abs().max().item())
+
+
+def _option(options: Mapping[str, Any], key: str) -> Any:
+    """An option by key (``hf_model``) or flag name (``hf-model``); ``None`` when absent."""
+    value = options.get(key)
+    return options.get(key.replace("_", "-")) if value is None else value
+
+
+def _check_sequence_lengths(sequence_lengths: Sequence[Sequence[int]], B: int, T: int) -> list[int]:
+    """Validate per-row document lengths and return them flattened."""
+    if len(sequence_lengths) != B:
+        raise InvalidInputError(
+            f"sequence_lengths has {len(sequence_lengths)} rows for a batch of {B}"
+        )
+    flat: list[int] = []
+    for i, row in enumerate(sequence_lengths):
+        row = [int(n) for n in row]
+        if any(n <= 0 for n in row) or sum(row) != T:
+            raise InvalidInputError(
+                f"sequence_lengths[{i}] = {row} must be positive lengths summing to {T}"
+            )
+        flat.extend(row)
+    return flat
+
+
+def _few(keys: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
