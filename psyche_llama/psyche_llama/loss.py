@@ -1,0 +1,93 @@
+"""The language-model head and cross entropy in one chunked pass (``return_logits=False``).
+
+Training only needs the loss and its gradients, not the ``(tokens, vocab)`` logits. For a small
+model with a large vocabulary (the 20m preset: 32000 x 256) those logits, their log-softmax and
+the gradient of each are the largest tensors of a step. ``linear_cross_entropy`` computes the
+same mean cross entropy a chunk of rows at a time, and the gradients with it, so none of them
+exists in full. Nothing here is Llama-specific.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+IGNORE_INDEX = -100
+# At most this many logits (rows x vocab) exist at a time: 32 MiB in float32.
+LOSS_CHUNK_ELEMENTS = 1 << 23
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Mean cross entropy of ``hidden @ weight.T`` against ``targets`` (``-100`` skipped),
+    without ever holding the full ``(N, vocab)`` logits: equal to ``lm_head`` + cross entropy.
+
+    Under autograd the gradients are computed during this call (see ``_LinearCrossEntropy``).
+    """
+    if not torch.is_grad_enabled():  # no_grad: skip the eager gradient work
+        hidden, weight = hidden.detach(), weight.detach()
+    return _LinearCrossEntropy.apply(hidden, weight, targets)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """The head and the loss, a chunk of rows at a time.
+
+    Each chunk's logits become their own gradient (softmax - one-hot) in place, and the
+    gradients of ``hidden`` and ``weight`` are accumulated right away, so backward only scales
+    them: the same three matmuls as head + loss + backward, but no logits tensor, no
+    log-softmax copy and nothing vocabulary-sized saved for backward.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+        need_hidden, need_weight = ctx.needs_input_grad[:2]
+        valid = targets != IGNORE_INDEX
+        scale = 1.0 / valid.sum().clamp(min=1).float()
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = None  # float32 sum over chunks
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        rows = max(1, LOSS_CHUNK_ELEMENTS // weight.shape[0])
+        for start in range(0, hidden.shape[0], rows):
+            h = hidden[start : start + rows]
+            target = targets[start : start + rows].clamp(min=0)[:, None]
+            keep = valid[start : start + rows, None]
+            logits = (h @ weight.t()).float()  # (rows, vocab)
+            picked = logits.gather(1, target)
+            probs = torch.softmax(logits, dim=-1, out=logits)  # in place: one pass, no copy
+            loss = -probs.gather(1, target).log()
+            # A target probability below float32's normal range (a loss of ~87 nats) loses
+            # precision; such rows, if any, get an exact log-sum-exp from their logits.
+            far = (loss > 60).flatten().nonzero().flatten()
+            if len(far):
+                loss[far] = torch.logsumexp((h[far] @ weight.t()).float(), -1, True) - picked[far]
+            total += (loss * keep).sum()
+            if not (need_hidden or need_weight):
+                continue
+            # d(loss)/d(logits) = (softmax - one_hot) * row_scale; the row scale (zero for rows
+            # without a target) is applied to the small (rows, hidden) factors, not to this.
+            minus_one = torch.full(target.shape, -1.0, device=target.device)
+            grad = probs.scatter_add_(1, target, minus_one).to(h.dtype)
+            row_scale = (keep * scale).to(h.dtype)  # (rows, 1)
+            if need_hidden:
+                torch.mm(grad, weight, out=grad_hidden[start : start + rows])
+                grad_hidden[start : start + rows] *= row_scale
+            if need_weight and grad_weight is None:
+                grad_weight = (grad.t() @ (h * row_scale)).float()  # (vocab, hidden)
+            elif need_weight and grad_weight.dtype == h.dtype:
+                grad_weight.addmm_(grad.t(), h * row_scale)
+            elif need_weight:
+                grad_weight += (grad.t() @ (h * row_scale)).float()
+        ctx.grads = (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype))
+        return total * scale
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        grad_hidden, grad_weight = ctx.grads
+        del ctx.grads
+        if grad_output.device.type != "cpu" or float(grad_output) != 1.0:
+            grad_hidden = None if grad_hidden is None else grad_hidden.mul_(grad_output)
+            grad_weight = None if grad_weight is None else grad_weight.mul_(grad_output)
+        return grad_hidden, grad_weight, None

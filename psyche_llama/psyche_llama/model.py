@@ -1,0 +1,499 @@
+"""Llama 2 and Llama 3 as a psyche :class:`~psyche_core.model.CausalLM`.
+
+A pre-norm decoder: token embedding, ``num_hidden_layers`` blocks of (RMSNorm -> grouped-query
+attention with rotary positions -> residual, RMSNorm -> SwiGLU MLP -> residual), a final RMSNorm
+and a linear head. Attribute names and config.json fields are transformers' own, so the state
+dict is ``transformers.LlamaForCausalLM``'s key for key and checkpoints load either way.
+
+References:
+    - Touvron et al., "LLaMA: Open and Efficient Foundation Language Models" (2023),
+      https://arxiv.org/abs/2302.13971
+    - Touvron et al., "Llama 2: Open Foundation and Fine-Tuned Chat Models" (2023),
+      https://arxiv.org/abs/2307.09288
+    - Grattafiori et al., "The Llama 3 Herd of Models" (2024), https://arxiv.org/abs/2407.21783
+      (the ``llama3`` RoPE frequency scaling)
+    - Su et al., "RoFormer: Enhanced Transformer with Rotary Position Embedding" (2021),
+      https://arxiv.org/abs/2104.09864; Zhang & Sennrich, "Root Mean Square Layer
+      Normalization" (2019); Shazeer, "GLU Variants Improve Transformer" (2020); Ainslie et al.,
+      "GQA" (2023)
+    - huggingface/transformers ``models/llama/modeling_llama.py`` and ``modeling_rope_utils.py``,
+      whose numerics this file reproduces (RMSNorm in float32, rotate-half RoPE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from psyche_core.errors import InvalidInputError, PsycheError
+from psyche_core.model import CausalLM, CausalLMOutput, ModelConfig
+from psyche_llama.loss import IGNORE_INDEX, linear_cross_entropy
+
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(kw_only=True)
+class LlamaConfig(ModelConfig):
+    """transformers' ``LlamaConfig`` fields. Reads both config.json styles:
+
+    - transformers 4.x: ``rope_theta`` plus ``rope_scaling`` (``{"type"|"rope_type": ...}``);
+    - transformers 5.x: ``rope_parameters`` (``{"rope_type", "rope_theta", "factor", ...}``).
+
+    Either way it keeps ``rope_theta`` and ``rope_scaling`` (``None`` for plain RoPE, else a dict
+    with ``rope_type``) and writes the 4.x style, which both major versions load.
+    """
+
+    model_type: ClassVar[str] = "llama"
+    architectures: ClassVar[tuple[str, ...]] = ("LlamaForCausalLM",)
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None  # None: multi-head attention
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+    pad_token_id: int | None = None
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+
+    def __post_init__(self) -> None:
+        # transformers 5.x keeps theta and scaling together in ``rope_parameters``.
+        rope_parameters = self.extra.pop("rope_parameters", None)
+        scaling = dict(self.rope_scaling or rope_parameters or {})
+        self.rope_theta = float(scaling.pop("rope_theta", self.rope_theta))
+        rope_type = scaling.pop("rope_type", scaling.pop("type", "default"))
+        if rope_type not in ROPE_TYPES:
+            raise PsycheError(
+                f"llama config: rope scaling type {rope_type!r} is not supported; "
+                f"supported: {', '.join(ROPE_TYPES)}"
+            )
+        required = {"linear": ["factor"], "dynamic": ["factor"]}.get(rope_type, [])
+        if rope_type == "llama3":
+            required = ["factor", "low_freq_factor", "high_freq_factor"]
+            scaling.setdefault("original_max_position_embeddings", self.max_position_embeddings)
+        missing = [key for key in required if scaling.get(key) is None]
+        if missing:
+            raise PsycheError(f"llama config: {rope_type} rope scaling needs {', '.join(missing)}")
+        self.rope_scaling = None if rope_type == "default" else {"rope_type": rope_type, **scaling}
+
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise PsycheError(
+                f"llama config: num_attention_heads ({self.num_attention_heads}) must be a "
+                f"multiple of num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.head_dim % 2:
+            raise PsycheError(f"llama config: head_dim must be even for RoPE, got {self.head_dim}")
+        if self.hidden_act != "silu":
+            raise PsycheError(
+                f"llama config: hidden_act {self.hidden_act!r} is not supported (Llama uses silu)"
+            )
+
+    @property
+    def rope_type(self) -> str:
+        return (self.rope_scaling or {}).get("rope_type", "default")
+
+
+# -- normalisation and rotary embeddings ----------------------------------------------------------
+
+
+class LlamaRMSNorm(nn.Module):
+    """RMSNorm computed in float32 and cast back to the input dtype before the weight."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def rope_inv_freq(config: LlamaConfig, seq_len: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse RoPE frequencies ``(head_dim // 2,)`` in float32 for the config's rope type.
+
+    ``seq_len`` (a tensor) is only read by ``dynamic`` NTK scaling, which raises the base once
+    a sequence runs past ``max_position_embeddings``.
+    """
+    dim = config.head_dim
+    scaling = config.rope_scaling or {}
+    base: float | torch.Tensor = config.rope_theta
+    if config.rope_type == "dynamic" and seq_len is not None:
+        factor, limit = scaling["factor"], config.max_position_embeddings
+        seq_len = torch.clamp(seq_len, min=limit)
+        base = base * ((factor * seq_len / limit) - (factor - 1)) ** (dim / (dim - 2))
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device=getattr(seq_len, "device", None))
+    inv_freq = 1.0 / (base ** (exponents.float() / dim))
+    if config.rope_type == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif config.rope_type == "llama3":
+        inv_freq = _llama3_scaled(inv_freq, scaling)
+    return inv_freq
+
+
+def _llama3_scaled(inv_freq: torch.Tensor, scaling: Mapping[str, Any]) -> torch.Tensor:
+    """Llama 3.1: keep high frequencies, divide low ones by ``factor``, blend in between."""
+    factor = scaling["factor"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_context = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old_context / high) * ~(wavelen > old_context / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+class LlamaRotaryEmbedding(nn.Module):
+    """cos/sin tables for rotate-half RoPE, from a non-persistent float32 ``inv_freq``."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+
+    def reset_buffers(self) -> None:
+        """Recompute ``inv_freq`` (after a meta-device build, or a cast to low precision)."""
+        device = self.inv_freq.device
+        inv_freq = rope_inv_freq(self.config)
+        self.inv_freq = inv_freq if device.type == "meta" else inv_freq.to(device)
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> LlamaRotaryEmbedding:
+        # model.to(bfloat16) casts every float buffer; RoPE frequencies must stay float32.
+        super()._apply(fn, recurse)
+        if self.inv_freq.dtype != torch.float32:
+            self.reset_buffers()
+        return self
+
+    def forward(
+        self, position_ids: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B|1, T)`` positions -> cos, sin ``(B|1, T, 1, head_dim // 2)`` in ``dtype``."""
+        inv_freq = self.inv_freq
+        if self.config.rope_type == "dynamic":
+            seq_len = position_ids.max() + 1
+            if seq_len > self.config.max_position_embeddings:
+                inv_freq = rope_inv_freq(self.config, seq_len)
+        freqs = position_ids[..., None].float() * inv_freq  # (B|1, T, head_dim // 2)
+        return freqs.cos().to(dtype)[:, :, None], freqs.sin().to(dtype)[:, :, None]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on ``(B, T, heads, head_dim)``: the same arithmetic as transformers'
+    ``x * cos + rotate_half(x) * sin`` with the duplicated halves of cos/sin written once."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+# -- attention, MLP, block ------------------------------------------------------------------------
+
+
+class LlamaAttention(nn.Module):
+    """Grouped-query attention: ``num_key_value_heads`` key/value heads shared by groups of
+    query heads."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_dropout
+        bias, hidden = config.attention_bias, config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        implementation: str,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = apply_rotary(self.q_proj(x).view(B, T, -1, self.head_dim), cos, sin)
+        k = apply_rotary(self.k_proj(x).view(B, T, -1, self.head_dim), cos, sin)
+        v = self.v_proj(x).view(B, T, -1, self.head_dim)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
+        dropout = self.dropout if self.training else 0.0
+        if implementation == "sdpa":
+            out = self._sdpa(q, k, v, mask, dropout)
+        else:
+            out = self._eager(q, k, v, mask, dropout)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))  # (B, T, heads * hd)
+
+    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float) -> Tensor:
+        groups = self.num_heads // self.num_kv_heads
+        kwargs: dict[str, Any] = {}
+        if groups > 1 and _SDPA_HAS_GQA:
+            kwargs["enable_gqa"] = True
+        elif groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None,
+            scale=self.scaling, **kwargs,
+        )  # fmt: skip
+
+    def _eager(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float
+    ) -> Tensor:
+        """Reference attention: softmax in float32; each key/value head serves its group of
+        query heads through a reshape instead of copying keys and values per head."""
+        B, H, T, hd = q.shape
+        kv = self.num_kv_heads
+        grouped_q = q.reshape(B, kv, (H // kv) * T, hd)  # (B, kv, group * T, hd)
+        scores = (grouped_q @ k.transpose(2, 3)).view(B, H, T, T) * self.scaling
+        if mask is None:
+            mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        if dropout:
+            probs = F.dropout(probs, p=dropout)
+        return (probs.view(B, kv, -1, T) @ v).view(B, H, T, hd)
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        hidden, inner, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(hidden, inner, bias=bias)
+        self.up_proj = nn.Linear(hidden, inner, bias=bias)
+        self.down_proj = nn.Linear(inner, hidden, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(config)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, implementation: str
+    ) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, implementation)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# -- the model ------------------------------------------------------------------------------------
+
+
+class LlamaModel(nn.Module):
+    """Embedding, decoder layers and final norm (transformers' ``LlamaModel``)."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config) for _ in range(config.num_hidden_layers)
+        )
+        self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        mask: torch.Tensor | None,
+        implementation: str,
+    ) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)  # (B, T, hidden)
+        cos, sin = self.rotary_emb(position_ids, x.dtype)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, implementation)
+        return self.norm(x)
+
+
+class LlamaForCausalLM(CausalLM):
+    """Llama with a language-model head; ``forward`` follows the CausalLM contract."""
+
+    config_class = LlamaConfig
+    config: LlamaConfig
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__(config)
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def init_weights(self, generator: torch.Generator) -> None:
+        """transformers' init: N(0, initializer_range), zero biases, norms one, and a zero
+        embedding row for ``pad_token_id``."""
+        super().init_weights(generator)
+        if self.config.pad_token_id is not None:
+            self.model.embed_tokens.weight[self.config.pad_token_id].zero_()
+
+    def load_hf_state_dict(self, state: Mapping[str, torch.Tensor], **kwargs: Any) -> None:
+        # A tied checkpoint may still carry lm_head.weight; transformers ignores it, so do we.
+        if self.config.tie_word_embeddings and "lm_head.weight" in state:
+            state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+        super().load_hf_state_dict(state, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        sequence_lengths: Sequence[Sequence[int]] | None = None,
+        num_logits_to_keep: int | None = None,
+        loss_scale: float | None = None,
+        return_logits: bool = True,
+    ) -> CausalLMOutput:
+        self._check_inputs(input_ids, labels, position_ids, loss_scale)
+        position_ids, mask = self._positions_and_mask(input_ids, position_ids, sequence_lengths)
+        hidden = self.model(input_ids, position_ids, mask, self.attn_implementation)
+        keep = num_logits_to_keep or 0
+        if labels is None:
+            return CausalLMOutput(self.lm_head(hidden[:, -keep:]), None)
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # position t predicts t+1
+        logits = None
+        if return_logits:
+            logits = self.lm_head(hidden)
+            total = F.cross_entropy(
+                logits.flatten(0, 1).float(),
+                targets.flatten(),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+            loss = total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+            logits = logits[:, -keep:]
+        else:
+            loss = linear_cross_entropy(
+                hidden.flatten(0, 1), self.lm_head.weight, targets.flatten()
+            )
+        if loss_scale is not None:
+            loss = loss / loss_scale
+        return CausalLMOutput(logits, loss)
+
+    def _check_inputs(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        loss_scale: float | None,
+    ) -> None:
+        """Clear errors instead of index errors deep inside (costs a few host syncs)."""
+        if input_ids.dim() != 2 or input_ids.is_floating_point():
+            raise InvalidInputError(
+                f"input_ids must be (batch, seq_len) integer token ids, got a {input_ids.dtype} "
+                f"tensor of shape {tuple(input_ids.shape)}"
+            )
+        B, T = input_ids.shape
+        seq_len, limit = T, self.config.max_position_embeddings
+        # dynamic NTK scaling exists to run past the trained context; the others do not
+        if seq_len > limit and self.config.rope_type != "dynamic":
+            raise InvalidInputError(
+                f"sequence of {seq_len} tokens is longer than the model's context "
+                f"(max_position_embeddings={limit})"
+            )
+        vocab = self.config.vocab_size
+        if input_ids.numel():
+            low, high = torch.aminmax(input_ids)
+            if low < 0 or high >= vocab:
+                bad = int(low) if low < 0 else int(high)
+                raise InvalidInputError(
+                    f"token id {bad} is outside the vocabulary (vocab_size={vocab})"
+                )
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise InvalidInputError(
+                    f"labels shape {tuple(labels.shape)} differs from input_ids shape {(B, T)}"
+                )
+            bad_labels = ((labels < 0) & (labels != IGNORE_INDEX)) | (labels >= vocab)
+            if bad_labels.any():
+                raise InvalidInputError(
+                    f"label {int(labels[bad_labels][0])} is outside the vocabulary "
+                    f"(vocab_size={vocab}; use {IGNORE_INDEX} to skip a position)"
+                )
+        if position_ids is not None and (
+            position_ids.shape[-1] != T or position_ids.numel() // T not in (1, B)
+        ):
+            raise InvalidInputError(
+                f"position_ids shape {tuple(position_ids.shape)} does not match input_ids {(B, T)}"
+            )
+        if loss_scale is not None and not loss_scale > 0:
+            raise InvalidInputError(f"loss_scale must be positive, got {loss_scale}")
+
+    @staticmethod
+    def _positions_and_mask(
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None,
+        sequence_lengths: Sequence[Sequence[int]] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rotary positions ``(B|1, T)`` and the attention mask: ``None`` for plain causal
+        attention, else a boolean ``(B, 1, T, T)`` block-diagonal causal mask over documents."""
+        B, T = input_ids.shape
+        device = input_ids.device
+        if position_ids is not None:
+            position_ids = position_ids.to(device).view(-1, T)
+        if sequence_lengths is None or all(len(row) == 1 for row in sequence_lengths):
+            if sequence_lengths is not None:
+                _check_sequence_lengths(sequence_lengths, B, T)
+            if position_ids is None:
+                position_ids = torch.arange(T, device=device)[None]
+            return position_ids, None
+        lengths = _check_sequence_lengths(sequence_lengths, B, T)
+        sizes = torch.tensor(lengths, device=device)
+        doc = torch.repeat_interleave(torch.arange(len(lengths), device=device), sizes)  # (B*T,)
+        if position_ids is None:
+            starts = torch.cumsum(sizes, 0) - sizes
+            position_ids = (torch.arange(B * T, device=device) - starts[doc]).view(B, T)
+        doc = doc.view(B, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+        mask = (doc[:, :, None] == doc[:, None, :]) & causal  # (B, T, T)
+        return position_ids, mask[:, None]
+
+
+def _check_sequence_lengths(sequence_lengths: Sequence[Sequence[int]], B: int, T: int) -> list[int]:
+    """Validate per-row document lengths and return them flattened."""
+    if len(sequence_lengths) != B:
+        raise InvalidInputError(
+            f"sequence_lengths has {len(sequence_lengths)} rows for a batch of {B}"
+        )
+    flat: list[int] = []
+    for i, row in enumerate(sequence_lengths):
+        row = [int(n) for n in row]
+        if any(n <= 0 for n in row) or sum(row) != T:
+            raise InvalidInputError(
+                f"sequence_lengths[{i}] = {row} must be positive lengths summing to {T}"
+            )
+        flat.extend(row)
+    return flat
