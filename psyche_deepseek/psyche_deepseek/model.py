@@ -1,0 +1,509 @@
+"""DeepSeek-V2 and DeepSeek-V3 causal LMs: multi-head latent attention + mixture of experts.
+
+References:
+- DeepSeek-V2 (MLA, DeepSeekMoE, YaRN): https://arxiv.org/abs/2405.04434
+- DeepSeek-V3 (sigmoid routing, auxiliary-loss-free balancing): https://arxiv.org/abs/2412.19437
+- transformers 5 ``modeling_deepseek_v2.py`` / ``modeling_deepseek_v3.py``: the attribute names
+  (hence the state-dict keys) and the numerics reproduced here.
+
+Multi-head latent attention compresses keys and values into one ``kv_lora_rank`` latent per
+token (normalised by ``kv_a_layernorm``) plus one rotary key ``k_rot`` shared by all heads;
+``kv_b_proj`` expands the latent into per-head ``k_nope`` and values. Queries go through their
+own low-rank bottleneck (``q_a_proj`` -> ``q_a_layernorm`` -> ``q_b_proj``) unless
+``q_lora_rank`` is null (V2-Lite: one ``q_proj``). Only the last ``qk_rope_head_dim`` dims of
+each query / key head are rotated; DeepSeek rotates adjacent pairs (x0, x1), (x2, x3) ...
+Unlike Llama, ``head_dim`` in these configs is that rotary size, not the attention head size.
+The MoE layers are in :mod:`psyche_deepseek.moe`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from psyche_core.comm import Communicator
+from psyche_core.errors import InvalidInputError, PsycheError
+from psyche_core.model import CausalLM, CausalLMOutput
+from psyche_deepseek.config import DeepseekV2Config, DeepseekV3Config
+from psyche_deepseek.functional import IGNORE_INDEX, linear_cross_entropy, rms_norm
+from psyche_deepseek.moe import MLP, Experts, MoE, TopkRouter, balance_step
+
+logger = logging.getLogger(__name__)
+
+# return_logits=False: the fused loss recomputes logits in chunks of at most this many floats
+# once all of them would be larger.
+LOGITS_CHUNK = 1 << 26
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+# -- rotary embedding ------------------------------------------------------------------------------
+
+
+def _yarn_mscale(scale: float, mscale: float = 1.0) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def rope_frequencies(config: DeepseekV2Config) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies ``(qk_rope_head_dim / 2,)`` and the factor cos / sin are scaled by,
+    for rope types default, linear and yarn (as transformers' ``modeling_rope_utils``)."""
+    params, dim = config.rope_parameters, config.qk_rope_head_dim
+    base = float(params["rope_theta"])
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
+    inv_freq = 1.0 / pos_freqs
+    kind = params["rope_type"]
+    if kind == "linear":
+        return inv_freq / params["factor"], 1.0
+    if kind == "default":
+        return inv_freq, 1.0
+    # YaRN: interpolate the low frequencies, keep the high ones, ramp in between.
+    original = params["original_max_position_embeddings"]
+    factor = params.get("factor") or config.max_position_embeddings / original
+    attention_factor = params.get("attention_factor")
+    mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+    if attention_factor is None:
+        if mscale and mscale_all_dim:
+            attention_factor = _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all_dim)
+        else:
+            attention_factor = _yarn_mscale(factor)
+    beta_fast, beta_slow = params.get("beta_fast") or 32, params.get("beta_slow") or 1
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if params.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extrapolation = 1 - ramp
+    inv_freq = 1.0 / (factor * pos_freqs) * (1 - extrapolation) + inv_freq * extrapolation
+    return inv_freq, float(attention_factor)
+
+
+def softmax_scale(config: DeepseekV2Config) -> float:
+    """``1/sqrt(qk_head_dim)``, times ``mscale(factor, mscale_all_dim)**2`` for scaled rope."""
+    scale = config.qk_head_dim**-0.5
+    params = config.rope_parameters
+    if params["rope_type"] != "default" and params.get("mscale_all_dim"):
+        factor = params.get("factor") or (
+            config.max_position_embeddings / params["original_max_position_embeddings"]
+        )
+        scale *= _yarn_mscale(factor, params["mscale_all_dim"]) ** 2
+    return scale
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, config: DeepseekV2Config) -> None:
+        super().__init__()
+        self.config = config
+        self.interleaved = config.rope_interleaved
+        inv_freq, self.attention_scaling = rope_frequencies(config)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def reset_buffers(self) -> None:
+        device = "cpu" if self.inv_freq.is_meta else self.inv_freq.device
+        self.inv_freq = rope_frequencies(self.config)[0].to(device)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """``positions`` ``(B or 1, T)`` -> rotation tables ``(B or 1, 1, T, rope_dim / 2)``:
+        ``scaling * e^(i angle)`` (complex64) for interleaved pairs, else cos and sin."""
+        angles = (positions[..., None].float() * self.inv_freq.float()).unsqueeze(1)
+        if self.interleaved:
+            return (torch.polar(torch.full_like(angles, self.attention_scaling), angles),)
+        cos = (angles.cos() * self.attention_scaling).to(dtype)
+        sin = (angles.sin() * self.attention_scaling).to(dtype)
+        return cos, sin
+
+
+def rotate(x: torch.Tensor, rotary: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """The rotated ``x``, as parts to concatenate.
+
+    Interleaved pairs (x[2i], x[2i+1]) are rotated as complex numbers in float32 (DeepSeek's and
+    transformers' V2 formulation; V3 rotates the same pairs and lays them out de-interleaved,
+    which changes no dot product). Otherwise pairs are (x[i], x[i + d/2]) as in Llama.
+    """
+    if len(rotary) == 1:
+        pairs = x.float().unflatten(-1, (-1, 2))  # (..., d/2, 2)
+        if pairs.storage_offset() % 2 or any(stride % 2 for stride in pairs.stride()[:-1]):
+            pairs = pairs.contiguous()  # view_as_complex needs whole complex numbers
+        turned = torch.view_as_complex(pairs) * rotary[0]
+        return [torch.view_as_real(turned).flatten(-2).to(x.dtype)]
+    cos, sin = rotary
+    x1, x2 = x.chunk(2, dim=-1)
+    return [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
+
+
+# -- attention -----------------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    """Multi-head latent attention (eager or sdpa)."""
+
+    def __init__(self, config: DeepseekV2Config) -> None:
+        super().__init__()
+        hidden, heads, bias = config.hidden_size, config.num_attention_heads, config.attention_bias
+        self.num_heads = heads
+        self.nope_dim, self.rope_dim = config.qk_nope_head_dim, config.qk_rope_head_dim
+        self.v_head_dim, self.kv_lora_rank = config.v_head_dim, config.kv_lora_rank
+        self.qk_head_dim = config.qk_head_dim
+        self.dropout = config.attention_dropout
+        self.scaling = softmax_scale(config)
+        if config.q_lora_rank is None:
+            self.q_proj = nn.Linear(hidden, heads * self.qk_head_dim, bias=False)
+        else:
+            self.q_a_proj = nn.Linear(hidden, config.q_lora_rank, bias=bias)
+            self.q_a_layernorm = RMSNorm(config.q_lora_rank)
+            self.q_b_proj = nn.Linear(config.q_lora_rank, heads * self.qk_head_dim, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(hidden, self.kv_lora_rank + self.rope_dim, bias=bias)
+        self.kv_a_layernorm = RMSNorm(self.kv_lora_rank)
+        self.kv_b_proj = nn.Linear(
+            self.kv_lora_rank, heads * (self.nope_dim + self.v_head_dim), bias=False
+        )
+        self.o_proj = nn.Linear(heads * self.v_head_dim, hidden, bias=bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, ...],
+        mask: torch.Tensor | None,
+        implementation: str,
+    ) -> torch.Tensor:
+        batch, length, _ = x.shape
+        if hasattr(self, "q_proj"):
+            q = self.q_proj(x)
+        else:
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q = q.view(batch, length, self.num_heads, self.qk_head_dim).transpose(1, 2)  # (B, h, T, dq)
+        q_nope, q_rot = q.split([self.nope_dim, self.rope_dim], dim=-1)
+
+        latent, k_rot = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope_dim], -1)
+        kv = self.kv_b_proj(self.kv_a_layernorm(latent))  # (B, T, h * (nope + v))
+        kv = kv.view(batch, length, self.num_heads, -1).transpose(1, 2)  # (B, h, T, nope + v)
+        k_nope, v = kv.split([self.nope_dim, self.v_head_dim], dim=-1)
+
+        q = torch.cat([q_nope, *rotate(q_rot, rotary)], dim=-1)  # (B, h, T, dq)
+        k_rot = rotate(k_rot.unsqueeze(1), rotary)  # parts of (B, 1, T, rope), shared by heads
+        k = torch.cat([k_nope, *(p.expand(-1, self.num_heads, -1, -1) for p in k_rot)], dim=-1)
+
+        dropout = self.dropout if self.training else 0.0
+        if implementation == "sdpa":
+            out = sdpa_attention(q, k, v, mask, self.scaling, dropout)
+        else:
+            out = eager_attention(q, k, v, mask, self.scaling, dropout)
+        out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.v_head_dim)
+        return self.o_proj(out)
+
+
+def sdpa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    dropout: float,
+) -> torch.Tensor:
+    """torch's fused attention. MLA's value heads are narrower than its query / key heads;
+    zero-padding them to one width lets torch pick its flash kernel instead of the math one,
+    and changes neither the scores nor the output."""
+    qk_dim, v_dim = q.shape[-1], v.shape[-1]
+    if qk_dim < v_dim:
+        q, k = F.pad(q, (0, v_dim - qk_dim)), F.pad(k, (0, v_dim - qk_dim))
+    elif v_dim < qk_dim:
+        v = F.pad(v, (0, qk_dim - v_dim))
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None, scale=scale
+    )
+    return out[..., :v_dim]
+
+
+def eager_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    dropout: float,
+) -> torch.Tensor:
+    """Reference attention: softmax in float32; ``mask`` is boolean (True = may attend)."""
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, h, T, T)
+    if mask is None:
+        length = q.shape[-2]
+        mask = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    probs = F.dropout(probs, p=dropout, training=dropout > 0)
+    return torch.matmul(probs, v)
+
+
+# -- blocks and model ----------------------------------------------------------------------------
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: DeepseekV2Config, index: int) -> None:
+        super().__init__()
+        self.self_attn = Attention(config)
+        if config.is_moe_layer(index):
+            self.mlp: nn.Module = MoE(config)
+        else:
+            self.mlp = MLP(config, config.intermediate_size)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, ...],
+        mask: torch.Tensor | None,
+        implementation: str,
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rotary, mask, implementation)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DeepseekModel(nn.Module):
+    def __init__(self, config: DeepseekV2Config) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(
+            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
+        )
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, i) for i in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+        implementation: str,
+    ) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        rotary = self.rotary_emb(positions, x.dtype)
+        for layer in self.layers:
+            x = layer(x, rotary, mask, implementation)
+        return self.norm(x)
+
+
+def document_layout(
+    sequence_lengths: Sequence[Sequence[int]], batch: int, length: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Positions restarting per document ``(B, T)`` and the block-diagonal causal mask
+    ``(B, 1, T, T)`` (``None`` when every row is a single document)."""
+    if len(sequence_lengths) != batch:
+        raise InvalidInputError(
+            f"sequence_lengths has {len(sequence_lengths)} rows for a batch of {batch}"
+        )
+    docs, starts = [], []
+    for row, lengths in enumerate(sequence_lengths):
+        lengths = [int(n) for n in lengths]
+        if sum(lengths) != length or any(n <= 0 for n in lengths):
+            raise InvalidInputError(
+                f"sequence_lengths row {row} is {lengths}: positive lengths summing to {length}"
+            )
+        sizes = torch.tensor(lengths)
+        docs.append(torch.repeat_interleave(torch.arange(len(lengths)), sizes))
+        starts.append(torch.repeat_interleave(sizes.cumsum(0) - sizes, sizes))
+    doc = torch.stack(docs).to(device)  # (B, T)
+    positions = torch.arange(length, device=device) - torch.stack(starts).to(device)
+    if all(len(lengths) == 1 for lengths in sequence_lengths):
+        return positions, None
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    mask = (doc[:, :, None] == doc[:, None, :]) & causal  # (B, T, T)
+    return positions, mask.unsqueeze(1)
+
+
+class DeepseekForCausalLM(CausalLM):
+    """A DeepSeek decoder with its LM head; ``DeepseekV3ForCausalLM`` / ``DeepseekV2ForCausalLM``
+    pick the config class (and so the defaults and the rotary layout)."""
+
+    config_class = DeepseekV3Config
+    config: DeepseekV2Config
+
+    def __init__(self, config: DeepseekV2Config) -> None:
+        super().__init__(config)
+        self.model = DeepseekModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.bias_update_rate = 0.0
+        self.tie_weights()
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        sequence_lengths: Sequence[Sequence[int]] | None = None,
+        num_logits_to_keep: int | None = None,
+        loss_scale: float | None = None,
+        return_logits: bool = True,
+    ) -> CausalLMOutput:
+        self._check_input(input_ids, labels)
+        batch, length = input_ids.shape
+        mask = None
+        if sequence_lengths is not None:
+            positions, mask = document_layout(sequence_lengths, batch, length, input_ids.device)
+        else:
+            positions = torch.arange(length, device=input_ids.device).unsqueeze(0)
+        if position_ids is not None:
+            positions = position_ids.reshape(-1, length)
+        hidden = self.model(input_ids, positions, mask, self.attn_implementation)
+
+        if labels is None:
+            kept = hidden if not num_logits_to_keep else hidden[:, -num_logits_to_keep:]
+            return CausalLMOutput(self.lm_head(kept), None)
+        # Position t predicts label t + 1; the last position predicts nothing.
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
+        count = (targets != IGNORE_INDEX).sum().clamp(min=1)
+        logits = None
+        if return_logits:
+            logits = self.lm_head(hidden)
+            flat = logits.view(-1, self.vocab_size).float()
+            loss = F.cross_entropy(flat, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+        else:
+            flat = hidden.view(-1, hidden.shape[-1])
+            loss = linear_cross_entropy(flat, self.lm_head.weight, targets, LOGITS_CHUNK)
+        loss = loss / count
+        if loss_scale is not None:
+            loss = loss / loss_scale
+        if logits is not None and num_logits_to_keep:
+            logits = logits[:, -num_logits_to_keep:]
+        return CausalLMOutput(logits if return_logits else None, loss)
+
+    def _check_input(self, input_ids: torch.Tensor, labels: torch.Tensor | None) -> None:
+        if input_ids.dim() != 2:
+            raise InvalidInputError(
+                f"input_ids must be (batch, length), got {tuple(input_ids.shape)}"
+            )
+        if input_ids.shape[1] > self.max_context_length:
+            raise InvalidInputError(
+                f"sequence of {input_ids.shape[1]} tokens is longer than the model's context "
+                f"({self.max_context_length}, max_position_embeddings)"
+            )
+        if labels is not None and labels.shape != input_ids.shape:
+            raise InvalidInputError(
+                f"labels {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)} differ"
+            )
+        if input_ids.numel():
+            low, high = (int(v) for v in torch.aminmax(input_ids))
+            if low < 0 or high >= self.vocab_size:
+                bad = low if low < 0 else high
+                raise InvalidInputError(
+                    f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})"
+                )
+
+    # -- init and weights ------------------------------------------------------------------------
+
+    def init_weights(self, generator: torch.Generator) -> None:
+        """transformers' init: N(0, initializer_range) for linear, embedding, router and expert
+        weights; zero biases (and correction biases); norms one; the padding row zero."""
+        super().init_weights(generator)
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, TopkRouter):
+                nn.init.normal_(module.weight, mean=0.0, std=std, generator=generator)
+                if module.e_score_correction_bias is not None:
+                    module.e_score_correction_bias.zero_()
+            elif isinstance(module, Experts):
+                nn.init.normal_(module.gate_up_proj, mean=0.0, std=std, generator=generator)
+                nn.init.normal_(module.down_proj, mean=0.0, std=std, generator=generator)
+        embed = self.model.embed_tokens
+        if embed.padding_idx is not None:
+            embed.weight[embed.padding_idx].zero_()
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def hf_state_dict(self) -> dict[str, torch.Tensor]:
+        """On-disk layout: routed experts as per-expert ``gate_proj`` / ``up_proj`` /
+        ``down_proj`` linears, as transformers writes them."""
+        state = super().hf_state_dict()
+        out: dict[str, torch.Tensor] = {}
+        for key, tensor in state.items():
+            if key.endswith("mlp.experts.gate_up_proj"):
+                prefix = key.removesuffix("gate_up_proj")
+                out.update(Experts.unpack(prefix, tensor, state[prefix + "down_proj"]))
+            elif not key.endswith("mlp.experts.down_proj"):
+                out[key] = tensor
+        return out
+
+    def load_hf_state_dict(
+        self,
+        state: Mapping[str, torch.Tensor],
+        *,
+        source: str = "state dict",
+        device: torch.device | str | None = None,
+    ) -> None:
+        """As the base class, ignoring the multi-token-prediction layers DeepSeek-V3 checkpoints
+        may carry (``model.layers.{num_hidden_layers + i}.*``); psyche does not train them."""
+        layers, extra = self.config.num_hidden_layers, self.config.num_nextn_predict_layers
+        mtp = re.compile(r"model\.layers\.(\d+)\.")
+
+        def is_mtp(key: str) -> bool:
+            match = mtp.match(key)
+            return match is not None and layers <= int(match.group(1)) < layers + extra
+
+        ignored = [key for key in state if is_mtp(key)]
+        if ignored:
+            logger.info("%s: ignoring %d multi-token-prediction weights", source, len(ignored))
+            state = {k: v for k, v in state.items() if not is_mtp(k)}
+        super().load_hf_state_dict(state, source=source, device=device)
+
+    # -- trainer hooks ---------------------------------------------------------------------------
+
+    def moe_routers(self) -> list[tuple[int, TopkRouter]]:
+        """``(layer index, router)`` of every MoE layer."""
+        return [
+            (i, layer.mlp.gate)
+            for i, layer in enumerate(self.model.layers)
+            if isinstance(layer.mlp, MoE)
+        ]
+
+    def apply_options(self, options: Mapping[str, Any]) -> None:
+        """``moe-bias-update-rate``: auxiliary-loss-free balancing step size (0 = off)."""
+        rate = options.get("moe_bias_update_rate", options.get("moe-bias-update-rate", 0.0))
+        rate = float(rate or 0.0)
+        if rate < 0:
+            raise PsycheError(f"--moe-bias-update-rate must be >= 0, got {rate}")
+        routers = self.moe_routers()
+        if rate > 0 and not any(r.e_score_correction_bias is not None for _, r in routers):
+            raise PsycheError(
+                "--moe-bias-update-rate needs MoE layers routed with topk_method 'noaux_tc' "
+                f"(this model: {self.config.topk_method}, {len(routers)} MoE layers)"
+            )
+        self.bias_update_rate = rate
+
+    def step_end(self, communicator: Communicator) -> dict[str, float]:
+        """Sum the step's expert loads over peers, apply the bias update (if on) and return the
+        load metrics (see :func:`psyche_deepseek.moe.load_metrics`)."""
+        return balance_step(self.moe_routers(), communicator, self.bias_update_rate)
+
+
+class DeepseekV3ForCausalLM(DeepseekForCausalLM):
+    config_class = DeepseekV3Config
+
+
+class DeepseekV2ForCausalLM(DeepseekForCausalLM):
+    config_class = DeepseekV2Config

@@ -1,0 +1,284 @@
+"""DeepSeek mixture of experts: router, routed experts, shared experts, load balancing.
+
+Numerics follow transformers 5 (``DeepseekV2TopkRouter`` / ``DeepseekV3TopkRouter`` and the
+``grouped_mm`` experts path): router logits and routing weights in float32, expert outputs
+weighted in float32 and summed per token in slot order.
+
+Routed experts are kept packed in memory, as transformers 5 does (``experts.gate_up_proj``
+``(E, 2I, H)``, ``experts.down_proj`` ``(E, H, I)``), and dispatched without a Python loop over
+tokens: token slots are sorted by expert and every expert runs as one group of a grouped matmul
+(``torch.nn.functional.grouped_mm``; one loop over experts on older torch). On disk the experts
+are per-expert linear layers (``experts.{i}.gate_proj.weight`` ...); :meth:`Experts.unpack`
+and ``Experts._load_from_state_dict`` convert.
+
+Auxiliary-loss-free balancing (DeepSeek-V3 paper, section 2.1.2): the router adds a bias to the
+scores it *chooses* experts by (never to the weights it mixes them with); after each optimizer
+step :func:`balance_step` moves each bias by ``rate * sign(mean load - load)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from psyche_core.comm import Communicator
+from psyche_deepseek.config import DeepseekV2Config
+
+# Devices where index_add sums duplicate indices in a fixed order (CUDA uses atomics).
+DETERMINISTIC_INDEX_ADD = {"cpu"}
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "swish": F.silu,
+    "gelu": F.gelu,
+    "relu": F.relu,
+}
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: the dense layers and the shared experts."""
+
+    def __init__(self, config: DeepseekV2Config, intermediate_size: int) -> None:
+        super().__init__()
+        hidden, bias = config.hidden_size, config.mlp_bias
+        self.gate_proj = nn.Linear(hidden, intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(hidden, intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden, bias=bias)
+        self.act_fn = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class TopkRouter(nn.Module):
+    """Scores experts per token and picks ``num_experts_per_tok`` of them.
+
+    ``weight`` and ``e_score_correction_bias`` stay float32 whatever the model dtype (as
+    transformers keeps them); ``expert_load`` counts the token slots routed to each expert in
+    training forwards since the last :func:`balance_step`.
+    """
+
+    def __init__(self, config: DeepseekV2Config) -> None:
+        super().__init__()
+        self.num_experts = config.n_routed_experts
+        self.top_k = config.num_experts_per_tok
+        self.scoring_func = config.scoring_func
+        self.topk_method = config.topk_method
+        self.n_group = config.n_group or 1
+        self.topk_group = config.topk_group or self.n_group
+        self.norm_topk_prob = config.norm_topk_prob
+        self.routed_scaling_factor = config.routed_scaling_factor
+        self.weight = nn.Parameter(torch.empty(self.num_experts, config.hidden_size))
+        bias = torch.zeros(self.num_experts) if self.topk_method == "noaux_tc" else None
+        self.register_buffer("e_score_correction_bias", bias)
+        self.register_buffer("expert_load", torch.zeros(self.num_experts), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` ``(N, H)`` -> float32 routing weights and expert indices, both ``(N, top_k)``."""
+        logits = F.linear(x.float(), self.weight.float())  # (N, E)
+        scores = logits.softmax(dim=-1) if self.scoring_func == "softmax" else logits.sigmoid()
+        if self.topk_method == "greedy":
+            weights, indices = scores.topk(self.top_k, dim=-1, sorted=False)
+        elif self.topk_method == "group_limited_greedy":  # DeepSeek-V2: best groups by max score
+            masked = self._mask_groups(scores, fill=0.0)
+            weights, indices = masked.topk(self.top_k, dim=-1, sorted=False)
+        else:  # noaux_tc, DeepSeek-V3: choose with the bias, weight without it
+            choice = scores + self.e_score_correction_bias
+            choice = self._mask_groups(choice, fill=float("-inf"))
+            indices = choice.topk(self.top_k, dim=-1, sorted=False).indices
+            weights = scores.gather(1, indices)
+        if self.norm_topk_prob:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return weights * self.routed_scaling_factor, indices
+
+    def _mask_groups(self, scores: torch.Tensor, fill: float) -> torch.Tensor:
+        """Keep only the experts of each token's ``topk_group`` best groups."""
+        if self.topk_group == self.n_group:
+            return scores
+        grouped = scores.view(scores.shape[0], self.n_group, -1)  # (N, groups, E / groups)
+        if self.topk_method == "noaux_tc":
+            group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)
+        else:
+            group_scores = grouped.amax(dim=-1)
+        best = group_scores.topk(self.topk_group, dim=-1, sorted=False).indices
+        keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, best, True)
+        return grouped.masked_fill(~keep.unsqueeze(-1), fill).view_as(scores)
+
+    def reset_buffers(self) -> None:
+        device = self.weight.device
+        self.expert_load = torch.zeros(self.num_experts, device=device)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        def keep_float32(t: torch.Tensor) -> torch.Tensor:
+            out = fn(t)
+            if t.dtype == torch.float32 and out.is_floating_point() and out.dtype != t.dtype:
+                return t.to(device=out.device)  # moved, not cast: routing stays in float32
+            return out
+
+        return super()._apply(keep_float32, recurse)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        for name in ("weight", "e_score_correction_bias"):
+            if prefix + name in state_dict:
+                state_dict[prefix + name] = state_dict[prefix + name].float()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _use_grouped_mm(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if not hasattr(F, "grouped_mm"):
+        return False
+    if x.device.type == "cpu":  # the CPU kernel wants 16-byte aligned operands
+        return x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0
+    if x.device.type != "cuda" or not x.dtype == weight.dtype == torch.bfloat16:
+        return False
+    return torch.cuda.get_device_capability(x.device) >= (8, 0)  # the CUDA kernel: bf16, SM80+
+
+
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` sorted by group, ``counts[e]`` rows for group ``e``; row r of group e is
+    multiplied by ``weight[e].T`` (``weight`` ``(E, out, in)``)."""
+    if _use_grouped_mm(x, weight):
+        offsets = counts.cumsum(0, dtype=torch.int32)
+        return F.grouped_mm(x, weight.transpose(-2, -1), offs=offsets)
+    chunks = x.split(counts.tolist())
+    return torch.cat([F.linear(chunk, weight[e]) for e, chunk in enumerate(chunks)])
+
+
+class Experts(nn.Module):
+    """The routed experts, packed: ``gate_up_proj`` ``(E, 2I, H)``, ``down_proj`` ``(E, H, I)``."""
+
+    def __init__(self, config: DeepseekV2Config) -> None:
+        super().__init__()
+        self.num_experts = config.n_routed_experts
+        experts, hidden, inner = self.num_experts, config.hidden_size, config.moe_intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(experts, 2 * inner, hidden))
+        self.down_proj = nn.Parameter(torch.empty(experts, hidden, inner))
+        self.act_fn = ACTIVATIONS[config.hidden_act]
+
+    def forward(
+        self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, counts: torch.Tensor
+    ) -> torch.Tensor:
+        """``x`` ``(N, H)``; ``indices`` / ``weights`` ``(N, k)``; ``counts`` slots per expert."""
+        n_tokens, top_k = indices.shape
+        order = indices.view(-1).argsort(stable=True)  # (N*k,) slots grouped by expert
+        tokens = order // top_k
+        h = x.index_select(0, tokens)  # (N*k, H) tokens by expert; backward: index_add
+        h = grouped_linear(h, self.gate_up_proj, counts)  # (N*k, 2I)
+        gate, up = h.chunk(2, dim=-1)
+        h = grouped_linear(self.act_fn(gate) * up, self.down_proj, counts)  # (N*k, H)
+        h = h * weights.view(-1)[order].unsqueeze(-1)  # float32 routing weights
+        # Summed per token in float32, as transformers does. index_add is deterministic on the
+        # CPU only; elsewhere un-sort the slots (order is a permutation) and sum.
+        if h.device.type in DETERMINISTIC_INDEX_ADD:
+            out = h.new_zeros(n_tokens, h.shape[-1]).index_add(0, tokens, h)
+        else:
+            out = h.new_empty(h.shape).index_copy(0, order, h).view(n_tokens, top_k, -1).sum(1)
+        return out.to(x.dtype)
+
+    @staticmethod
+    def unpack(prefix: str, gate_up: torch.Tensor, down: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The on-disk per-expert keys of one layer's packed experts."""
+        inner = down.shape[-1]
+        out = {}
+        for i in range(gate_up.shape[0]):
+            out[f"{prefix}{i}.gate_proj.weight"] = gate_up[i, :inner]
+            out[f"{prefix}{i}.up_proj.weight"] = gate_up[i, inner:]
+            out[f"{prefix}{i}.down_proj.weight"] = down[i]
+        return out
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if f"{prefix}0.gate_proj.weight" in state_dict:  # on-disk layout: pack it
+            gate_up, down = [], []
+            for i in range(self.num_experts):
+                gate = state_dict.pop(f"{prefix}{i}.gate_proj.weight")
+                up = state_dict.pop(f"{prefix}{i}.up_proj.weight")
+                gate_up.append(torch.cat([gate, up]))
+                down.append(state_dict.pop(f"{prefix}{i}.down_proj.weight"))
+            state_dict[prefix + "gate_up_proj"] = torch.stack(gate_up)
+            state_dict[prefix + "down_proj"] = torch.stack(down)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class MoE(nn.Module):
+    """Routed experts plus always-on shared experts."""
+
+    def __init__(self, config: DeepseekV2Config) -> None:
+        super().__init__()
+        self.gate = TopkRouter(config)
+        self.experts = Experts(config)
+        shared = config.n_shared_experts or 0
+        self.shared_experts = MLP(config, config.moe_intermediate_size * shared) if shared else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])  # (N, H)
+        weights, indices = self.gate(flat)
+        counts = torch.bincount(indices.view(-1), minlength=self.gate.num_experts)
+        if self.training and torch.is_grad_enabled():
+            self.gate.expert_load += counts
+        out = self.experts(flat, indices, weights, counts)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(flat)
+        return out.view_as(x)
+
+
+# -- load statistics and auxiliary-loss-free balancing -------------------------------------------
+
+
+def balance_step(
+    routers: Sequence[tuple[int, TopkRouter]], communicator: Communicator, rate: float
+) -> dict[str, float]:
+    """Sum the step's expert loads over data-parallel peers, update the correction biases by
+    ``rate * sign(mean load - load)`` when ``rate > 0``, reset the counters and return load
+    metrics (``{}`` when nothing was routed in training mode since the last call).
+
+    ``routers`` pairs each MoE layer index with its router. Every peer must call this in
+    lockstep; all of them apply the identical update.
+    """
+    if not routers:
+        return {}
+    counts = torch.stack([router.expert_load for _, router in routers]).float()  # (L, E)
+    for _, router in routers:
+        router.expert_load.zero_()
+    # The mean over peers is proportional to the sum, which is all the sign rule and the
+    # fractions need. Metrics-only traffic is not counted as training traffic.
+    sent = communicator.bytes_sent
+    communicator.all_reduce_mean_([counts])
+    if rate <= 0:
+        communicator.bytes_sent = sent
+    totals = counts.sum(dim=-1, keepdim=True)
+    if not bool((totals > 0).all()):
+        return {}
+    if rate > 0:
+        with torch.no_grad():
+            for (_, router), load in zip(routers, counts):
+                bias = router.e_score_correction_bias
+                if bias is None:  # not routed with noaux_tc: nothing to balance
+                    continue
+                step = torch.sign(load.mean() - load) * rate
+                bias += step.to(device=bias.device, dtype=bias.dtype)
+    return load_metrics(counts, [index for index, _ in routers])
+
+
+def load_metrics(counts: torch.Tensor, layers: Sequence[int]) -> dict[str, float]:
+    """Per-step routing statistics from expert loads ``counts`` ``(L, E)``.
+
+    ``moe/max_load_frac`` / ``moe/min_load_frac``: the largest / smallest share of a layer's
+    routed slots one expert got (1/E everywhere is perfect balance); ``moe/load_cv``: the
+    coefficient of variation (std / mean) of the loads, averaged over layers (0 is balanced);
+    ``moe/dead_experts``: experts that got no token this step, over all layers; and
+    ``moe/layer{N}/load_cv`` per layer.
+    """
+    fractions = counts / counts.sum(dim=-1, keepdim=True)
+    cv = counts.std(dim=-1, correction=0) / counts.mean(dim=-1)
+    metrics = {
+        "moe/max_load_frac": float(fractions.max()),
+        "moe/min_load_frac": float(fractions.min()),
+        "moe/load_cv": float(cv.mean()),
+        "moe/dead_experts": float((counts == 0).sum()),
+    }
+    for layer, value in zip(layers, cv.tolist()):
+        metrics[f"moe/layer{layer}/load_cv"] = value
+    return metrics
