@@ -46,6 +46,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls: type[ConfigT], data: Mapping[str, Any]) -> ConfigT:
+        found = data.get("model_type")
+        if cls.model_type and found and found != cls.model_type:
+            raise PsycheError(
+                f"config has model_type {found!r}; {cls.__name__} loads {cls.model_type!r}"
+            )
         names = {f.name for f in dataclasses.fields(cls) if f.init and f.name != "extra"}
         known = {k: v for k, v in data.items() if k in names}
         extra = {

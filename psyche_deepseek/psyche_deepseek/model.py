@@ -30,17 +30,13 @@ from torch import nn
 
 from psyche_core.comm import Communicator
 from psyche_core.errors import InvalidInputError, PsycheError
+from psyche_core.losses import IGNORE_INDEX, linear_cross_entropy
 from psyche_core.model import CausalLM, CausalLMOutput
 from psyche_deepseek.config import DeepseekV2Config, DeepseekV3Config
-from psyche_deepseek.functional import IGNORE_INDEX, linear_cross_entropy, rms_norm
+from psyche_deepseek.functional import rms_norm
 from psyche_deepseek.moe import MLP, Experts, MoE, TopkRouter, balance_step
 
 logger = logging.getLogger(__name__)
-
-# return_logits=False: the fused loss recomputes logits in chunks of at most this many floats
-# once all of them would be larger.
-LOGITS_CHUNK = 1 << 26
-
 
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float = 1e-6) -> None:
@@ -374,16 +370,15 @@ class DeepseekForCausalLM(CausalLM):
             return CausalLMOutput(self.lm_head(kept), None)
         # Position t predicts label t + 1; the last position predicts nothing.
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
-        count = (targets != IGNORE_INDEX).sum().clamp(min=1)
         logits = None
         if return_logits:
             logits = self.lm_head(hidden)
             flat = logits.view(-1, self.vocab_size).float()
             loss = F.cross_entropy(flat, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+            loss = loss / (targets != IGNORE_INDEX).sum().clamp(min=1)
         else:
             flat = hidden.view(-1, hidden.shape[-1])
-            loss = linear_cross_entropy(flat, self.lm_head.weight, targets, LOGITS_CHUNK)
-        loss = loss / count
+            loss = linear_cross_entropy(flat, self.lm_head.weight, targets)
         if loss_scale is not None:
             loss = loss / loss_scale
         if logits is not None and num_logits_to_keep:

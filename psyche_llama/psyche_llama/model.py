@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from psyche_core.errors import InvalidInputError, PsycheError
+from psyche_core.losses import IGNORE_INDEX, linear_cross_entropy
 from psyche_core.model import CausalLM, CausalLMOutput, ModelConfig
-from psyche_llama.loss import IGNORE_INDEX, linear_cross_entropy
 
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)

@@ -131,3 +131,11 @@ def test_not_a_directory_or_repo_id(tmp_path):
     with pytest.raises(PsycheError, match="expected a checkpoint directory, found a file"):
         hf.resolve_checkpoint(tmp_path / "file")
     shutil.rmtree(tmp_path)
+
+
+def test_a_checkpoint_of_another_model_type_is_refused(tmp_path, model):
+    model.save_pretrained(tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    with pytest.raises(PsycheError, match="config has model_type 'gpt2'; ToyConfig loads 'toy'"):
+        ToyForCausalLM.from_pretrained(tmp_path / "ckpt")

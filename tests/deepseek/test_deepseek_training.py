@@ -70,7 +70,7 @@ def test_loss_contract():
 
 
 def test_chunked_fused_loss_matches(monkeypatch):
-    """Past LOGITS_CHUNK floats the fused loss recomputes logits per chunk: same numbers."""
+    """The shared fused loss (psyche_core.losses) split into several chunks: same numbers."""
     model = DeepseekV3ForCausalLM.from_config(TINY, seed=1)
     ids = _ids(2, 12, seed=4)
 
@@ -81,7 +81,7 @@ def test_chunked_fused_loss_matches(monkeypatch):
         return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
     whole, whole_grads = loss_and_grads()
-    monkeypatch.setattr("psyche_deepseek.model.LOGITS_CHUNK", TINY["vocab_size"] * 5)
+    monkeypatch.setattr("psyche_core.losses.LOSS_CHUNK_ELEMENTS", TINY["vocab_size"] * 5)
     chunked, chunked_grads = loss_and_grads()
     torch.testing.assert_close(chunked, whole)
     for a, b in zip(chunked_grads, whole_grads):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from psyche_core.errors import InvalidInputError, PsycheError
-from psyche_llama.loss import linear_cross_entropy
+from psyche_core.losses import linear_cross_entropy
 from psyche_llama.model import LlamaForCausalLM
 from tests.llama.helpers import close, hf_logits, tiny_config, tokens, twins
 
@@ -196,7 +196,7 @@ def test_config_errors():
 
 
 def test_chunked_loss_in_bfloat16_tracks_the_plain_loss(monkeypatch):
-    import psyche_llama.loss as loss_module
+    import psyche_core.losses as loss_module
 
     monkeypatch.setattr(loss_module, "LOSS_CHUNK_ELEMENTS", 5 * 96)  # several chunks
     model = LlamaForCausalLM.from_config(tiny_config(), seed=0, dtype="bfloat16")

@@ -55,7 +55,7 @@ def test_logits_loss_and_gradients_match_transformers(variant, attn_implementati
 @pytest.mark.parametrize("variant", ["gqa", "tied", "bias"])
 def test_chunked_loss_matches_transformers(variant, monkeypatch):
     """return_logits=False takes the chunked head + cross entropy; several chunks here."""
-    import psyche_llama.loss as loss_module
+    import psyche_core.losses as loss_module
 
     monkeypatch.setattr(loss_module, "LOSS_CHUNK_ELEMENTS", 7 * 96)  # 7 rows per chunk
     _check_parity(VARIANTS[variant], "sdpa", tokens(2, 24), return_logits=False)

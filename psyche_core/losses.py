@@ -4,7 +4,7 @@ Training only needs the loss and its gradients, not the ``(tokens, vocab)`` logi
 model with a large vocabulary (the 20m preset: 32000 x 256) those logits, their log-softmax and
 the gradient of each are the largest tensors of a step. ``linear_cross_entropy`` computes the
 same mean cross entropy a chunk of rows at a time, and the gradients with it, so none of them
-exists in full. Nothing here is Llama-specific.
+exists in full. Model plugins use it for their ``return_logits=False`` path.
 """
 
 from __future__ import annotations
