@@ -75,6 +75,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tail", type=int, default=20, help="steps averaged for the end loss")
     parser.add_argument("--runs", nargs="+", choices=sorted(RUNS), default=["adamw", "distro"])
+    parser.add_argument("--dp-backend", default="auto", choices=["auto", "gloo", "threads"])
+    parser.add_argument(
+        "--distro-learning-rate",
+        type=float,
+        default=None,
+        help="DisTrO's peak learning rate (default: --learning-rate)",
+    )
+    parser.add_argument("--plot", type=Path, default=None, help="also draw the curves to a PNG")
     args = parser.parse_args()
 
     shared = {
@@ -87,6 +95,7 @@ def main() -> None:
         "micro_batch": args.micro_batch,
         "sequence_length": args.sequence_length,
         "data_parallelism": args.peers,
+        "dp_backend": args.dp_backend,
         "seed": args.seed,
     }
     plugins = Plugins.load()
@@ -95,7 +104,16 @@ def main() -> None:
         for name in args.runs:
             out = Path(tmp) / name
             out.mkdir()
-            results[name] = summarize(train_once(plugins, shared, RUNS[name], out), args.tail)
+            changes = dict(RUNS[name])
+            if name != "adamw" and args.distro_learning_rate is not None:
+                changes["learning_rate"] = args.distro_learning_rate
+            results[name] = summarize(train_once(plugins, shared, changes, out), args.tail)
+            results[name]["learning_rate"] = changes.get("learning_rate", args.learning_rate)
+        if args.plot is not None:
+            from psyche_core.cli.plot import plot_runs
+
+            labels = [f"{n} (lr {results[n]['learning_rate']:g})" for n in args.runs]
+            plot_runs([Path(tmp) / n / "metrics.jsonl" for n in args.runs], args.plot, labels)
     print(json.dumps({"benchmark": "distro_convergence", **shared, "runs": results}, indent=2))
 
 

@@ -206,3 +206,14 @@ def test_a_signal_finishes_the_step_saves_and_exits(tmp_path, sig, code, peers):
     assert f"checkpoint: {last}" in err and f"--resume {last}" in err
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert checkpoint.read(last).step == steps[-1]  # the step in flight was finished and saved
+
+
+def test_tensorboard_logging_or_a_clear_error_without_it(tmp_path, plugins):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(PsycheError, match=r"needs tensorboard: pip install"):
+            train(plugins, flags(tmp_path, tensorboard=str(tmp_path / "tb"), total_steps=2))
+        return
+    train(plugins, flags(tmp_path, tensorboard=str(tmp_path / "tb"), total_steps=2))
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

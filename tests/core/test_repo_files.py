@@ -20,3 +20,16 @@ def test_psyche_example_config_is_valid():
     options = resolve(collect_option_specs([]), {}, ROOT / "configs" / "psyche-train-example.toml")
     assert options.total_batch == 256 and options.micro_batch == 8
     assert options.sequence_length == 2048 and options.warmup_steps == 500
+
+
+def test_cli_reference_is_current():
+    import pytest
+
+    from psyche_core.cli import docs
+
+    for name in docs.FIRST_PARTY:
+        pytest.importorskip(name, reason=f"docs/cli.md is generated with {name} installed")
+    expected = docs.render()
+    assert (ROOT / "docs" / "cli.md").read_text() == expected, (
+        "docs/cli.md is stale: python -m psyche_core.cli.docs > docs/cli.md"
+    )
