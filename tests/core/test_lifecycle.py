@@ -213,7 +213,7 @@ def test_tensorboard_logging_or_a_clear_error_without_it(tmp_path, plugins):
         import tensorboard  # noqa: F401
     except ImportError:
         with pytest.raises(PsycheError, match=r"needs tensorboard: pip install"):
-            train(plugins, flags(tmp_path, tensorboard=str(tmp_path / "tb"), total_steps=2))
+            train(plugins, flags(tmp_path, tensorboard=str(tmp_path / "tb"), total_steps=3))
         return
-    train(plugins, flags(tmp_path, tensorboard=str(tmp_path / "tb"), total_steps=2))
+    train(plugins, flags(tmp_path, tensorboard=str(tmp_path / "tb"), total_steps=3))
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
