@@ -61,6 +61,15 @@ def summarize(rows: list[dict[str, Any]], tail: int) -> dict[str, Any]:
     }
 
 
+def parse_run(text: str) -> str:
+    kind, _, lr = text.partition("@")
+    if kind not in RUNS:
+        raise argparse.ArgumentTypeError(f"unknown run {kind!r}; known: {', '.join(sorted(RUNS))}")
+    if lr:
+        float(lr)
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="llama:20m")
@@ -74,7 +83,13 @@ def main() -> None:
     parser.add_argument("--peers", type=int, default=1, help="--data-parallelism")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tail", type=int, default=20, help="steps averaged for the end loss")
-    parser.add_argument("--runs", nargs="+", choices=sorted(RUNS), default=["adamw", "distro"])
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        type=parse_run,
+        default=["adamw", "distro"],
+        help=f"runs among {', '.join(sorted(RUNS))}, each optionally NAME@LR (distro@2e-3)",
+    )
     parser.add_argument("--dp-backend", default="auto", choices=["auto", "gloo", "threads"])
     parser.add_argument(
         "--distro-learning-rate",
@@ -104,15 +119,18 @@ def main() -> None:
         for name in args.runs:
             out = Path(tmp) / name
             out.mkdir()
-            changes = dict(RUNS[name])
-            if name != "adamw" and args.distro_learning_rate is not None:
+            kind, _, lr = name.partition("@")
+            changes = dict(RUNS[kind])
+            if lr:
+                changes["learning_rate"] = float(lr)
+            elif kind != "adamw" and args.distro_learning_rate is not None:
                 changes["learning_rate"] = args.distro_learning_rate
             results[name] = summarize(train_once(plugins, shared, changes, out), args.tail)
             results[name]["learning_rate"] = changes.get("learning_rate", args.learning_rate)
         if args.plot is not None:
             from psyche_core.cli.plot import plot_runs
 
-            labels = [f"{n} (lr {results[n]['learning_rate']:g})" for n in args.runs]
+            labels = [f"{n.split('@')[0]} (lr {results[n]['learning_rate']:g})" for n in args.runs]
             plot_runs([Path(tmp) / n / "metrics.jsonl" for n in args.runs], args.plot, labels)
     print(json.dumps({"benchmark": "distro_convergence", **shared, "runs": results}, indent=2))
 
