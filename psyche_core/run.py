@@ -352,6 +352,9 @@ def _local_device(device: torch.device) -> torch.device:
 def _process_peer(comm: Communicator, job: Job) -> dict[str, Any]:
     """Entry point of a worker process started by ``spawn_peers``."""
     plugins = Plugins.reload(job.plugin_load_args)
+    if "OMP_NUM_THREADS" not in os.environ:
+        # N workers on one machine share its cores; more threads than cores slows all of them.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.world_size))
     # Ctrl-C reaches every process of the terminal's group; only the parent handles it (and
     # forwards SIGTERM), so every worker stops after the same step.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
