@@ -66,7 +66,7 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
         "total-steps",
         int,
-        300,
+        500,
         "Steps of the cosine schedule and of the run; it ends at learning-rate / 10 "
         "(Psyche: 25000).",
     ),
