@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-IGNORE_INDEX = -100
+from psyche_core.data import IGNORE_INDEX
+
 # At most this many logits (rows x vocab) exist at a time: 32 MiB in float32.
 LOSS_CHUNK_ELEMENTS = 1 << 23
 

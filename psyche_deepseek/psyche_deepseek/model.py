@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from psyche_core.comm import Communicator
-from psyche_core.errors import InvalidInputError, PsycheError
+from psyche_core.errors import PsycheError
+from psyche_core.inputs import check_inputs, document_layout
 from psyche_core.losses import IGNORE_INDEX, linear_cross_entropy
 from psyche_core.model import CausalLM, CausalLMOutput
 from psyche_deepseek.config import DeepseekV2Config, DeepseekV3Config
@@ -37,6 +38,7 @@ from psyche_deepseek.functional import rms_norm
 from psyche_deepseek.moe import MLP, Experts, MoE, TopkRouter, balance_step
 
 logger = logging.getLogger(__name__)
+
 
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float = 1e-6) -> None:
@@ -300,34 +302,6 @@ class DeepseekModel(nn.Module):
         return self.norm(x)
 
 
-def document_layout(
-    sequence_lengths: Sequence[Sequence[int]], batch: int, length: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Positions restarting per document ``(B, T)`` and the block-diagonal causal mask
-    ``(B, 1, T, T)`` (``None`` when every row is a single document)."""
-    if len(sequence_lengths) != batch:
-        raise InvalidInputError(
-            f"sequence_lengths has {len(sequence_lengths)} rows for a batch of {batch}"
-        )
-    docs, starts = [], []
-    for row, lengths in enumerate(sequence_lengths):
-        lengths = [int(n) for n in lengths]
-        if sum(lengths) != length or any(n <= 0 for n in lengths):
-            raise InvalidInputError(
-                f"sequence_lengths row {row} is {lengths}: positive lengths summing to {length}"
-            )
-        sizes = torch.tensor(lengths)
-        docs.append(torch.repeat_interleave(torch.arange(len(lengths)), sizes))
-        starts.append(torch.repeat_interleave(sizes.cumsum(0) - sizes, sizes))
-    doc = torch.stack(docs).to(device)  # (B, T)
-    positions = torch.arange(length, device=device) - torch.stack(starts).to(device)
-    if all(len(lengths) == 1 for lengths in sequence_lengths):
-        return positions, None
-    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-    mask = (doc[:, :, None] == doc[:, None, :]) & causal  # (B, T, T)
-    return positions, mask.unsqueeze(1)
-
-
 class DeepseekForCausalLM(CausalLM):
     """A DeepSeek decoder with its LM head; ``DeepseekV3ForCausalLM`` / ``DeepseekV2ForCausalLM``
     pick the config class (and so the defaults and the rotary layout)."""
@@ -354,7 +328,14 @@ class DeepseekForCausalLM(CausalLM):
         loss_scale: float | None = None,
         return_logits: bool = True,
     ) -> CausalLMOutput:
-        self._check_input(input_ids, labels)
+        check_inputs(
+            input_ids,
+            labels,
+            position_ids,
+            loss_scale,
+            vocab_size=self.vocab_size,
+            max_length=self.max_context_length,
+        )
         batch, length = input_ids.shape
         mask = None
         if sequence_lengths is not None:
@@ -384,28 +365,6 @@ class DeepseekForCausalLM(CausalLM):
         if logits is not None and num_logits_to_keep:
             logits = logits[:, -num_logits_to_keep:]
         return CausalLMOutput(logits if return_logits else None, loss)
-
-    def _check_input(self, input_ids: torch.Tensor, labels: torch.Tensor | None) -> None:
-        if input_ids.dim() != 2:
-            raise InvalidInputError(
-                f"input_ids must be (batch, length), got {tuple(input_ids.shape)}"
-            )
-        if input_ids.shape[1] > self.max_context_length:
-            raise InvalidInputError(
-                f"sequence of {input_ids.shape[1]} tokens is longer than the model's context "
-                f"({self.max_context_length}, max_position_embeddings)"
-            )
-        if labels is not None and labels.shape != input_ids.shape:
-            raise InvalidInputError(
-                f"labels {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)} differ"
-            )
-        if input_ids.numel():
-            low, high = (int(v) for v in torch.aminmax(input_ids))
-            if low < 0 or high >= self.vocab_size:
-                bad = low if low < 0 else high
-                raise InvalidInputError(
-                    f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})"
-                )
 
     # -- init and weights ------------------------------------------------------------------------
 

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from psyche_core.errors import InvalidInputError, PsycheError
+from psyche_core.errors import PsycheError
+from psyche_core.inputs import check_inputs, document_layout
 from psyche_core.losses import IGNORE_INDEX, linear_cross_entropy
 from psyche_core.model import CausalLM, CausalLMOutput, ModelConfig
 
@@ -410,47 +411,16 @@ class LlamaForCausalLM(CausalLM):
         position_ids: torch.Tensor | None,
         loss_scale: float | None,
     ) -> None:
-        """Clear errors instead of index errors deep inside (costs a few host syncs)."""
-        if input_ids.dim() != 2 or input_ids.is_floating_point():
-            raise InvalidInputError(
-                f"input_ids must be (batch, seq_len) integer token ids, got a {input_ids.dtype} "
-                f"tensor of shape {tuple(input_ids.shape)}"
-            )
-        B, T = input_ids.shape
-        seq_len, limit = T, self.config.max_position_embeddings
         # dynamic NTK scaling exists to run past the trained context; the others do not
-        if seq_len > limit and self.config.rope_type != "dynamic":
-            raise InvalidInputError(
-                f"sequence of {seq_len} tokens is longer than the model's context "
-                f"(max_position_embeddings={limit})"
-            )
-        vocab = self.config.vocab_size
-        if input_ids.numel():
-            low, high = torch.aminmax(input_ids)
-            if low < 0 or high >= vocab:
-                bad = int(low) if low < 0 else int(high)
-                raise InvalidInputError(
-                    f"token id {bad} is outside the vocabulary (vocab_size={vocab})"
-                )
-        if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise InvalidInputError(
-                    f"labels shape {tuple(labels.shape)} differs from input_ids shape {(B, T)}"
-                )
-            bad_labels = ((labels < 0) & (labels != IGNORE_INDEX)) | (labels >= vocab)
-            if bad_labels.any():
-                raise InvalidInputError(
-                    f"label {int(labels[bad_labels][0])} is outside the vocabulary "
-                    f"(vocab_size={vocab}; use {IGNORE_INDEX} to skip a position)"
-                )
-        if position_ids is not None and (
-            position_ids.shape[-1] != T or position_ids.numel() // T not in (1, B)
-        ):
-            raise InvalidInputError(
-                f"position_ids shape {tuple(position_ids.shape)} does not match input_ids {(B, T)}"
-            )
-        if loss_scale is not None and not loss_scale > 0:
-            raise InvalidInputError(f"loss_scale must be positive, got {loss_scale}")
+        dynamic = self.config.rope_type == "dynamic"
+        check_inputs(
+            input_ids,
+            labels,
+            position_ids,
+            loss_scale,
+            vocab_size=self.config.vocab_size,
+            max_length=None if dynamic else self.config.max_position_embeddings,
+        )
 
     @staticmethod
     def _positions_and_mask(
@@ -462,38 +432,11 @@ class LlamaForCausalLM(CausalLM):
         attention, else a boolean ``(B, 1, T, T)`` block-diagonal causal mask over documents."""
         B, T = input_ids.shape
         device = input_ids.device
+        mask = None
+        if sequence_lengths is not None:
+            positions, mask = document_layout(sequence_lengths, B, T, device)
         if position_ids is not None:
-            position_ids = position_ids.to(device).view(-1, T)
-        if sequence_lengths is None or all(len(row) == 1 for row in sequence_lengths):
-            if sequence_lengths is not None:
-                _check_sequence_lengths(sequence_lengths, B, T)
-            if position_ids is None:
-                position_ids = torch.arange(T, device=device)[None]
-            return position_ids, None
-        lengths = _check_sequence_lengths(sequence_lengths, B, T)
-        sizes = torch.tensor(lengths, device=device)
-        doc = torch.repeat_interleave(torch.arange(len(lengths), device=device), sizes)  # (B*T,)
-        if position_ids is None:
-            starts = torch.cumsum(sizes, 0) - sizes
-            position_ids = (torch.arange(B * T, device=device) - starts[doc]).view(B, T)
-        doc = doc.view(B, T)
-        causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-        mask = (doc[:, :, None] == doc[:, None, :]) & causal  # (B, T, T)
-        return position_ids, mask[:, None]
-
-
-def _check_sequence_lengths(sequence_lengths: Sequence[Sequence[int]], B: int, T: int) -> list[int]:
-    """Validate per-row document lengths and return them flattened."""
-    if len(sequence_lengths) != B:
-        raise InvalidInputError(
-            f"sequence_lengths has {len(sequence_lengths)} rows for a batch of {B}"
-        )
-    flat: list[int] = []
-    for i, row in enumerate(sequence_lengths):
-        row = [int(n) for n in row]
-        if any(n <= 0 for n in row) or sum(row) != T:
-            raise InvalidInputError(
-                f"sequence_lengths[{i}] = {row} must be positive lengths summing to {T}"
-            )
-        flat.extend(row)
-    return flat
+            positions = position_ids.to(device).view(-1, T)
+        elif sequence_lengths is None:
+            positions = torch.arange(T, device=device)[None]
+        return positions, mask

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from psyche_core import hf
 from psyche_core.errors import InvalidInputError, PsycheError
+from psyche_core.inputs import IGNORE_INDEX, check_inputs, check_sequence_lengths
 from psyche_core.model import CausalLM, CausalLMOutput
 from psyche_hf.building import (
     dtype_kwarg,
@@ -50,7 +51,6 @@ from psyche_hf.presets import AUTO_PRESET, PRESETS, SOURCE_KEY
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 AUTO_HELP = (
     "--model hf trains the model named by --hf-model (a checkpoint directory or Hugging Face repo "
     "id) or --hf-config (a config.json for random init); or pick a preset: "
@@ -383,46 +383,16 @@ class HfCausalLM(CausalLM):
         loss_scale: float | None,
     ) -> None:
         """Clear errors instead of index errors deep inside transformers."""
-        if input_ids.dim() != 2 or input_ids.is_floating_point():
-            raise InvalidInputError(
-                f"input_ids must be (batch, seq_len) integer token ids, got a {input_ids.dtype} "
-                f"tensor of shape {tuple(input_ids.shape)}"
-            )
-        B, T = input_ids.shape
-        limit = self._context_limit()
-        if limit is not None and input_ids.shape[1] > limit:
-            raise InvalidInputError(
-                f"sequence of {T} tokens is longer than the model's context ({limit})"
-            )
-        vocab = self.vocab_size
-        if input_ids.numel():
-            low, high = torch.aminmax(input_ids)
-            if low < 0 or high >= vocab:
-                bad = int(low) if low < 0 else int(high)
-                raise InvalidInputError(
-                    f"token id {bad} is outside the vocabulary (vocab_size={vocab})"
-                )
-        if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise InvalidInputError(
-                    f"labels shape {tuple(labels.shape)} differs from input_ids shape {(B, T)}"
-                )
-            bad_labels = ((labels < 0) & (labels != IGNORE_INDEX)) | (labels >= vocab)
-            if bad_labels.any():
-                raise InvalidInputError(
-                    f"label {int(labels[bad_labels][0])} is outside the vocabulary "
-                    f"(vocab_size={vocab}; use {IGNORE_INDEX} to skip a position)"
-                )
-        if position_ids is not None:
-            if position_ids.shape[-1] != T or position_ids.numel() // T not in (1, B):
-                raise InvalidInputError(
-                    f"position_ids shape {tuple(position_ids.shape)} does not match input_ids "
-                    f"{(B, T)}"
-                )
-            if "position_ids" not in self._forward_params:
-                raise InvalidInputError(f"{self._describe()} takes no position_ids")
-        if loss_scale is not None and not loss_scale > 0:
-            raise InvalidInputError(f"loss_scale must be positive, got {loss_scale}")
+        check_inputs(
+            input_ids,
+            labels,
+            position_ids,
+            loss_scale,
+            vocab_size=self.vocab_size,
+            max_length=self._context_limit(),
+        )
+        if position_ids is not None and "position_ids" not in self._forward_params:
+            raise InvalidInputError(f"{self._describe()} takes no position_ids")
 
     def _document_inputs(
         self,
@@ -443,11 +413,11 @@ class HfCausalLM(CausalLM):
             position_ids = position_ids.to(device=device, dtype=torch.long).view(-1, T)
         if sequence_lengths is None or all(len(row) == 1 for row in sequence_lengths):
             if sequence_lengths is not None:
-                _check_sequence_lengths(sequence_lengths, B, T)
+                check_sequence_lengths(sequence_lengths, B, T)
             if position_ids is None:
                 return None, None
             return position_ids, torch.ones(B, T, dtype=torch.long, device=device)
-        lengths = _check_sequence_lengths(sequence_lengths, B, T)
+        lengths = check_sequence_lengths(sequence_lengths, B, T)
         self._require_packing()
         sizes = torch.tensor(lengths, device=device)
         first = torch.cumsum(sizes, 0) - sizes  # flat index where each document starts
@@ -512,23 +482,6 @@ def _option(options: Mapping[str, Any], key: str) -> Any:
     """An option by key (``hf_model``) or flag name (``hf-model``); ``None`` when absent."""
     value = options.get(key)
     return options.get(key.replace("_", "-")) if value is None else value
-
-
-def _check_sequence_lengths(sequence_lengths: Sequence[Sequence[int]], B: int, T: int) -> list[int]:
-    """Validate per-row document lengths and return them flattened."""
-    if len(sequence_lengths) != B:
-        raise InvalidInputError(
-            f"sequence_lengths has {len(sequence_lengths)} rows for a batch of {B}"
-        )
-    flat: list[int] = []
-    for i, row in enumerate(sequence_lengths):
-        row = [int(n) for n in row]
-        if any(n <= 0 for n in row) or sum(row) != T:
-            raise InvalidInputError(
-                f"sequence_lengths[{i}] = {row} must be positive lengths summing to {T}"
-            )
-        flat.extend(row)
-    return flat
 
 
 def _few(keys: Sequence[str], limit: int = 6) -> str:
