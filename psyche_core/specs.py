@@ -115,36 +115,31 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class DataProviderSpec:
+class _FactorySpec:
+    """A name, a lazy ``"module:function"`` factory and the options it reads."""
+
+    name: str
+    factory: str
+    options: tuple[OptionSpec, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", tuple(self.options))
+
+    def load(self) -> Callable[..., Any]:
+        """Import and return the factory."""
+        return load_object(self.factory)
+
+
+@dataclass(frozen=True)
+class DataProviderSpec(_FactorySpec):
     """A data provider: ``factory(options) -> DataProvider``.
 
     ``options`` is a :class:`psyche_core.options.Options` holding every resolved ``psyche train``
     option (``options.data_path``, ``options.sequence_length``, ``options.seed`` ...).
     """
 
-    name: str
-    factory: str
-    options: tuple[OptionSpec, ...] = ()
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "options", tuple(self.options))
-
-    def load(self) -> Callable[..., Any]:
-        return load_object(self.factory)
-
 
 @dataclass(frozen=True)
-class OptimizerSpec:
+class OptimizerSpec(_FactorySpec):
     """An optimizer: ``factory(model, options) -> Optimizer``."""
-
-    name: str
-    factory: str
-    options: tuple[OptionSpec, ...] = ()
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "options", tuple(self.options))
-
-    def load(self) -> Callable[..., Any]:
-        return load_object(self.factory)
