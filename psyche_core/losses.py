@@ -12,9 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from psyche_core.data import IGNORE_INDEX
+from psyche_core.model import CausalLMOutput
 
 # At most this many logits (rows x vocab) exist at a time: 32 MiB in float32.
 LOSS_CHUNK_ELEMENTS = 1 << 23
@@ -92,3 +94,45 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_hidden = None if grad_hidden is None else grad_hidden.mul_(grad_output)
             grad_weight = None if grad_weight is None else grad_weight.mul_(grad_output)
         return grad_hidden, grad_weight, None
+
+
+def shifted_targets(labels: Tensor) -> Tensor:
+    """Position t predicts label t + 1; the last position predicts nothing (``-100``)."""
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross entropy of ``(B, T, vocab)`` logits against shifted labels, in float32."""
+    targets = shifted_targets(labels).flatten().to(logits.device)
+    total = F.cross_entropy(
+        logits.flatten(0, 1).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def causal_lm_output(
+    hidden: Tensor,
+    head: torch.nn.Linear,
+    labels: Tensor | None = None,
+    num_logits_to_keep: int | None = None,
+    loss_scale: float | None = None,
+    return_logits: bool = True,
+) -> CausalLMOutput:
+    """The end of every decoder's ``forward``: the LM head on ``(B, T, hidden)`` states and the
+    loss, following the CausalLM contract (``return_logits=False`` takes the chunked path)."""
+    keep = num_logits_to_keep or 0
+    if labels is None:
+        return CausalLMOutput(head(hidden[:, -keep:]), None)
+    logits = None
+    if return_logits:
+        logits = head(hidden)
+        loss = causal_lm_loss(logits, labels)
+        logits = logits[:, -keep:]
+    else:
+        if head.bias is not None:
+            raise ValueError("the chunked loss path supports LM heads without a bias")
+        targets = shifted_targets(labels).flatten()
+        loss = linear_cross_entropy(hidden.flatten(0, 1), head.weight, targets)
+    if loss_scale is not None:
+        loss = loss / loss_scale
+    return CausalLMOutput(logits, loss)

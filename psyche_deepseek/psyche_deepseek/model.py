@@ -31,7 +31,7 @@ from torch import nn
 from psyche_core.comm import Communicator
 from psyche_core.errors import PsycheError
 from psyche_core.inputs import check_inputs, document_layout
-from psyche_core.losses import IGNORE_INDEX, linear_cross_entropy
+from psyche_core.losses import causal_lm_output
 from psyche_core.model import CausalLM, CausalLMOutput
 from psyche_deepseek.config import DeepseekV2Config, DeepseekV3Config
 from psyche_deepseek.functional import rms_norm
@@ -346,25 +346,9 @@ class DeepseekForCausalLM(CausalLM):
             positions = position_ids.reshape(-1, length)
         hidden = self.model(input_ids, positions, mask, self.attn_implementation)
 
-        if labels is None:
-            kept = hidden if not num_logits_to_keep else hidden[:, -num_logits_to_keep:]
-            return CausalLMOutput(self.lm_head(kept), None)
-        # Position t predicts label t + 1; the last position predicts nothing.
-        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
-        logits = None
-        if return_logits:
-            logits = self.lm_head(hidden)
-            flat = logits.view(-1, self.vocab_size).float()
-            loss = F.cross_entropy(flat, targets, ignore_index=IGNORE_INDEX, reduction="sum")
-            loss = loss / (targets != IGNORE_INDEX).sum().clamp(min=1)
-        else:
-            flat = hidden.view(-1, hidden.shape[-1])
-            loss = linear_cross_entropy(flat, self.lm_head.weight, targets)
-        if loss_scale is not None:
-            loss = loss / loss_scale
-        if logits is not None and num_logits_to_keep:
-            logits = logits[:, -num_logits_to_keep:]
-        return CausalLMOutput(logits if return_logits else None, loss)
+        return causal_lm_output(
+            hidden, self.lm_head, labels, num_logits_to_keep, loss_scale, return_logits
+        )
 
     # -- init and weights ------------------------------------------------------------------------
 

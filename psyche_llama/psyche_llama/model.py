@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from psyche_core.errors import PsycheError
 from psyche_core.inputs import check_inputs, document_layout
-from psyche_core.losses import IGNORE_INDEX, linear_cross_entropy
+from psyche_core.losses import causal_lm_output
 from psyche_core.model import CausalLM, CausalLMOutput, ModelConfig
 
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
@@ -381,28 +381,9 @@ class LlamaForCausalLM(CausalLM):
         self._check_inputs(input_ids, labels, position_ids, loss_scale)
         position_ids, mask = self._positions_and_mask(input_ids, position_ids, sequence_lengths)
         hidden = self.model(input_ids, position_ids, mask, self.attn_implementation)
-        keep = num_logits_to_keep or 0
-        if labels is None:
-            return CausalLMOutput(self.lm_head(hidden[:, -keep:]), None)
-        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # position t predicts t+1
-        logits = None
-        if return_logits:
-            logits = self.lm_head(hidden)
-            total = F.cross_entropy(
-                logits.flatten(0, 1).float(),
-                targets.flatten(),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            )
-            loss = total / (targets != IGNORE_INDEX).sum().clamp(min=1)
-            logits = logits[:, -keep:]
-        else:
-            loss = linear_cross_entropy(
-                hidden.flatten(0, 1), self.lm_head.weight, targets.flatten()
-            )
-        if loss_scale is not None:
-            loss = loss / loss_scale
-        return CausalLMOutput(logits, loss)
+        return causal_lm_output(
+            hidden, self.lm_head, labels, num_logits_to_keep, loss_scale, return_logits
+        )
 
     def _check_inputs(
         self,

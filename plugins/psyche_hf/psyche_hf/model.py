@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from psyche_core import hf
 from psyche_core.errors import InvalidInputError, PsycheError
-from psyche_core.inputs import IGNORE_INDEX, check_inputs, check_sequence_lengths
+from psyche_core.inputs import check_inputs, check_sequence_lengths
+from psyche_core.losses import causal_lm_loss
 from psyche_core.model import CausalLM, CausalLMOutput
 from psyche_hf.building import (
     dtype_kwarg,
@@ -353,14 +353,7 @@ class HfCausalLM(CausalLM):
             logits = logits[:, -keep:]
         if labels is None:
             return CausalLMOutput(logits, None)
-        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # position t predicts t+1
-        total = F.cross_entropy(
-            output.logits.flatten(0, 1).float(),
-            targets.flatten().to(output.logits.device),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
-        loss = total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+        loss = causal_lm_loss(output.logits, labels)
         aux = getattr(output, "aux_loss", None)  # MoE load balancing, as transformers adds it
         if aux is not None:
             loss = loss + float(getattr(self.config, "router_aux_loss_coef", 0.0)) * aux.float()
