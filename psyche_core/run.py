@@ -7,11 +7,12 @@ peer 0), data provider and optimizer, and trains.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -326,11 +327,12 @@ def train(
         if backend == "auto":
             backend = default_backend(parts["device"])
         if world == 1 or backend == "threads":
-            summary = run_local_peers(
-                world,
-                lambda comm: run_peer(comm, job, plugins, console, stop),
-                timeout=options.peer_timeout,
-            )[0]
+            with _intra_op_threads(threads_per_local_peer(world)):
+                summary = run_local_peers(
+                    world,
+                    lambda comm: run_peer(comm, job, plugins, console, stop),
+                    timeout=options.peer_timeout,
+                )[0]
         else:
             if backend == "nccl" and torch.cuda.device_count() < world:
                 raise PsycheError(
@@ -343,6 +345,31 @@ def train(
     return summary
 
 
+def threads_per_local_peer(world: int) -> int | None:
+    """Intra-op threads for each of ``world`` peers sharing this machine: its cores split evenly
+    (more threads than cores slows every peer down), the same for thread and process peers so
+    both compute alike. ``None`` (leave torch's choice) for one peer or when OMP_NUM_THREADS is
+    set. Note a matmul may round differently with another thread count, so N peers match one
+    process to float rounding, not bit for bit; set OMP_NUM_THREADS for equal counts."""
+    if world == 1 or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return max(1, (os.cpu_count() or 1) // world)
+
+
+@contextlib.contextmanager
+def _intra_op_threads(threads: int | None) -> Iterator[None]:
+    """Thread peers share one process, so the setting is process-wide for the run's duration."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _local_device(device: torch.device) -> torch.device:
     if device.type == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -352,9 +379,9 @@ def _local_device(device: torch.device) -> torch.device:
 def _process_peer(comm: Communicator, job: Job) -> dict[str, Any]:
     """Entry point of a worker process started by ``spawn_peers``."""
     plugins = Plugins.reload(job.plugin_load_args)
-    if "OMP_NUM_THREADS" not in os.environ:
-        # N workers on one machine share its cores; more threads than cores slows all of them.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.world_size))
+    threads = threads_per_local_peer(comm.world_size)
+    if threads is not None:
+        torch.set_num_threads(threads)
     # Ctrl-C reaches every process of the terminal's group; only the parent handles it (and
     # forwards SIGTERM), so every worker stops after the same step.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -103,25 +103,19 @@ def test_checkpoints_resume_exactly(plugins, qwen2_checkpoint, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("backend", ["threads", "gloo"])
-def test_data_parallel_peers_equal_one_process(backend, plugins, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
+def test_data_parallel_peers_as_threads_and_processes_train_alike(plugins, tmp_path):
+    one, threads, gloo = tmp_path / "one", tmp_path / "threads", tmp_path / "gloo"
     common = {"model": "hf:gpt2-tiny", "total_steps": 3, "micro_batch": 2}
     run.train(options(plugins, one, save_path=str(one / "m"), **common), plugins)
-    run.train(
-        options(
-            plugins,
-            two,
-            data_parallelism=2,
-            dp_backend=backend,
-            save_path=str(two / "m"),
-            **common,
-        ),
-        plugins,
-    )
-    assert losses(two) == pytest.approx(losses(one), abs=1e-6, rel=0)
-    a = HfCausalLM.from_pretrained(one / "m").state_dict()
-    b = HfCausalLM.from_pretrained(two / "m").state_dict()
+    for out, backend in ((threads, "threads"), (gloo, "gloo")):
+        peers = {"data_parallelism": 2, "dp_backend": backend, "save_path": str(out / "m")}
+        run.train(options(plugins, out, **peers, **common), plugins)
+    # Two peers see exactly the samples of one process (the losses agree), and thread and
+    # process peers compute alike (with the same threads per peer; see run.threads_per_local_peer)
+    assert losses(threads) == pytest.approx(losses(one), abs=1e-6, rel=0)
+    assert losses(gloo) == pytest.approx(losses(threads), abs=1e-6, rel=0)
+    a = HfCausalLM.from_pretrained(threads / "m").state_dict()
+    b = HfCausalLM.from_pretrained(gloo / "m").state_dict()
     for key, value in a.items():
         torch.testing.assert_close(b[key], value, rtol=0, atol=1e-6, msg=key)
 
