@@ -14,9 +14,10 @@ without starting a second peer.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -54,6 +55,16 @@ class Communicator(ABC):
             n = t.numel()
             t.copy_(flat[offset : offset + n].view_as(t))
             offset += n
+
+    @contextlib.contextmanager
+    def uncounted(self) -> Iterator[None]:
+        """Collectives inside are bookkeeping (reported metrics, checkpoints), not training
+        traffic: they leave ``bytes_sent`` as it was."""
+        before = self.bytes_sent
+        try:
+            yield
+        finally:
+            self.bytes_sent = before
 
     def all_gather_bytes(self, payload: torch.Tensor) -> list[torch.Tensor]:
         """Every peer's 1-D uint8 payload (lengths may differ), in rank order."""

@@ -205,7 +205,7 @@ def spawn_peers(
             if process.is_alive():
                 process.terminate()
             process.join(5)
-    return _unpack(outcomes, processes, world_size)
+    return _unpack(outcomes, world_size)
 
 
 def _forward(processes: list[Any], signum: int) -> None:
@@ -260,7 +260,7 @@ def _drain(results: Any, outcomes: dict[int, tuple[str, Any]]) -> bool:
         got = True
 
 
-def _unpack(outcomes: dict[int, tuple[str, Any]], processes: list[Any], world: int) -> list[Any]:
+def _unpack(outcomes: dict[int, tuple[str, Any]], world: int) -> list[Any]:
     died = [(r, v) for r, (k, v) in sorted(outcomes.items()) if k == "died"]
     hung = [r for r, (k, _) in sorted(outcomes.items()) if k == "hung"]
     psyche_errors = [(r, v) for r, (k, v) in sorted(outcomes.items()) if k == "psyche-error"]

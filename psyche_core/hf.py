@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +49,6 @@ def parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def is_local_checkpoint(source: str | os.PathLike[str]) -> bool:
-    return Path(source).is_dir()
 
 
 def resolve_checkpoint(source: str | os.PathLike[str], revision: str | None = None) -> Path:
@@ -135,9 +131,9 @@ def check_state_dict(
     unexpected = sorted(set(found) - set(expected))
     problems = []
     if missing:
-        problems.append(f"missing keys: {_few(missing)}")
+        problems.append(f"missing keys: {summarize_keys(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {_few(unexpected)}")
+        problems.append(f"unexpected keys: {summarize_keys(unexpected)}")
     for key in sorted(set(expected) & set(found)):
         want, got = tuple(expected[key].shape), tuple(found[key].shape)
         if want != got:
@@ -146,7 +142,8 @@ def check_state_dict(
         raise PsycheError(f"{source}: weights do not match the config ({'; '.join(problems)})")
 
 
-def _few(keys: list[str], limit: int = 6) -> str:
+def summarize_keys(keys: Sequence[str], limit: int = 6) -> str:
+    """``"a, b, c and 4 more"``: key lists short enough for a one-line error."""
     shown = ", ".join(keys[:limit])
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 

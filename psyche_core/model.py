@@ -295,7 +295,7 @@ class CausalLM(nn.Module, ABC):
                 module.reset_buffers()
         leftover = [n for n, t in [*self.named_parameters(), *self.named_buffers()] if t.is_meta]
         if leftover:
-            raise PsycheError(f"{source}: nothing loaded for {hf._few(leftover)}")
+            raise PsycheError(f"{source}: nothing loaded for {hf.summarize_keys(leftover)}")
 
     def hf_state_dict_shapes(self) -> dict[str, torch.Tensor]:
         """Keys and shapes (tensors, possibly on the meta device) the checkpoint must hold."""

@@ -166,9 +166,8 @@ class Trainer:
 
         # One small all-reduce carries everything peers must agree on or report jointly.
         shared = torch.tensor([local_loss, norm, float(stop_requested)], dtype=torch.float64)
-        bytes_before_shared = self.comm.bytes_sent
-        self.comm.all_reduce_mean_([shared])
-        self.comm.bytes_sent = bytes_before_shared  # bookkeeping, not training traffic
+        with self.comm.uncounted():
+            self.comm.all_reduce_mean_([shared])
         loss, mean_norm, stop = shared.tolist()
         if not math.isfinite(loss):
             raise PsycheError(
@@ -299,9 +298,9 @@ class Trainer:
 
         assert self.checkpoints is not None
         mine = checkpoint.state_to_bytes(self.peer_state())
-        sent = self.comm.bytes_sent
-        states = self.comm.all_gather_bytes(torch.frombuffer(bytearray(mine), dtype=torch.uint8))
-        self.comm.bytes_sent = sent  # bookkeeping, not training traffic
+        with self.comm.uncounted():
+            payload = torch.frombuffer(bytearray(mine), dtype=torch.uint8)
+            states = self.comm.all_gather_bytes(payload)
         target = Path(self.checkpoints.root) / checkpoint.step_dir_name(step)
         error = None
         if self.comm.rank == 0:

@@ -50,8 +50,9 @@ the flags); flags given on the command line win over the file.
 
 def make_train_command(plugins: Plugins) -> click.Command:
     try:
-        owners = {o.key: owner for owner, o in plugin_option_specs(plugins)}
-        specs = collect_option_specs(plugin_option_specs(plugins))
+        declared = list(plugin_option_specs(plugins))
+        owners = {option.key: owner for owner, option in declared}
+        specs = collect_option_specs(declared)
     except PsycheError as exc:
         return _broken_train_command(exc)
 

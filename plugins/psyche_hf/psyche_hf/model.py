@@ -190,12 +190,16 @@ class HfCausalLM(CausalLM):
         missing = sorted(info.get("missing_keys") or ())
         mismatched = info.get("mismatched_keys") or ()
         if missing or mismatched:
-            problems = [f"missing keys: {_few(missing)}"] if missing else []
+            problems = [f"missing keys: {hf.summarize_keys(missing)}"] if missing else []
             if mismatched:
-                problems.append(f"shape mismatches: {_few([str(m[0]) for m in mismatched])}")
+                problems.append(
+                    f"shape mismatches: {hf.summarize_keys([str(m[0]) for m in mismatched])}"
+                )
             raise PsycheError(f"{source}: weights do not match the config ({'; '.join(problems)})")
         if info.get("unexpected_keys"):
-            logger.warning("%s: ignored weights %s", source, _few(info["unexpected_keys"]))
+            logger.warning(
+                "%s: ignored weights %s", source, hf.summarize_keys(info["unexpected_keys"])
+            )
         return cls(model).to(device=device)
 
     def save_pretrained(
@@ -475,8 +479,3 @@ def _option(options: Mapping[str, Any], key: str) -> Any:
     """An option by key (``hf_model``) or flag name (``hf-model``); ``None`` when absent."""
     value = options.get(key)
     return options.get(key.replace("_", "-")) if value is None else value
-
-
-def _few(keys: Sequence[str], limit: int = 6) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
