@@ -79,7 +79,8 @@ def resolve_model(plugins: Plugins, ref: str | None, options: Options | None = N
     else:
         choice = _model_from_path(plugins, ref)
     if options is not None:
-        _check_model_options(plugins, choice, options)
+        bare = name in plugins.models and not preset
+        _check_model_options(plugins, choice if bare else None, ref, options)
     return choice
 
 
@@ -148,16 +149,19 @@ def _model_from_path(plugins: Plugins, ref: str) -> ModelChoice:
     )
 
 
-def _check_model_options(plugins: Plugins, choice: ModelChoice, options: Options) -> None:
-    """A model's source options (``--hf-model``) go only with that model."""
+def _check_model_options(
+    plugins: Plugins, bare: ModelChoice | None, ref: str, options: Options
+) -> None:
+    """A model's source options (``--hf-model``) go only with that model's bare name
+    (``--model hf``); ``bare`` is the choice when ``ref`` was such a name."""
     for name, spec, _ in plugins.models.items():
-        if spec is choice.spec:
+        if bare is not None and spec is bare.spec:
             continue
         for key in (spec.checkpoint_option, spec.config_option):
             if key and key in options and options[key]:
                 raise PsycheError(
-                    f"--{_flag(key)} goes with --model {name}; --model {choice.label} already "
-                    "names the model"
+                    f"--{_flag(key)} goes with --model {name}; --model {ref} already names "
+                    "the model"
                 )
 
 

@@ -19,7 +19,8 @@ from psyche_data import plugin
 def test_hook_register_data_providers():
     specs = []
     plugin.register_data_providers(register=specs.append)
-    assert [s.name for s in specs] == ["local", "http", "weighted", "sample", "preprocessed"]
+    # the embedded sample data is core's own
+    assert [s.name for s in specs] == ["local", "http", "weighted", "preprocessed"]
     for spec in specs:
         assert callable(spec.load())
     http = next(s for s in specs if s.name == "http")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import types
 
 import numpy as np
 import pytest
@@ -12,6 +12,7 @@ import psyche_data.plugin
 from psyche_core.data import DataProvider, TokenizedData
 from psyche_core.errors import PsycheError
 from psyche_core.plugins import Plugins
+from psyche_core.registry import Owner, Registry
 from psyche_data.weighted import WeightedDataProvider, allocate, build_weighted
 
 PROVIDERS = Plugins.load(entry_points=False, extra=[psyche_data.plugin]).data_providers
@@ -153,13 +154,15 @@ def test_bad_tables(entries, message, monkeypatch):
 def test_failure_closes_the_providers_already_built(monkeypatch):
     built = []
 
-    def factory(options):
+    def factory(options, providers):
         built.append(Constant(0, 3))
         return built[-1]
 
-    module = sys.modules["psyche_data.weighted"]
-    monkeypatch.setattr(module, "_factory", lambda name: factory)
+    providers = Registry("data provider")
+    for name in ("a", "b"):
+        spec = types.SimpleNamespace(name=name, implied_by=None, load=lambda: factory)
+        providers.add(name, spec, Owner("test"))
     entries = [{"provider": "a", "weight": 1}, {"provider": "b", "weight": -1}]
     with pytest.raises(PsycheError):
-        build_weighted(make_options(weighted=entries), PROVIDERS)
+        build_weighted(make_options(weighted=entries), providers)
     assert built and all(p.closed for p in built)

@@ -26,12 +26,15 @@ def test_plugin_registers_the_distro_optimizer():
     assert spec.load() is build_distro
     options = {o.name: o for o in spec.options}
     assert list(options) == [
+        "distro",
         "compression-chunk",
         "compression-topk",
         "compression-decay",
         "distro-quantization",
         "distro-mode",
     ]
+    assert (options["distro"].type, options["distro"].default) == (bool, False)
+    assert spec.implied_by == "distro"  # --distro picks this optimizer
     assert (options["compression-chunk"].type, options["compression-chunk"].default) == (int, 64)
     assert (options["compression-topk"].type, options["compression-topk"].default) == (int, 4)
     assert options["compression-decay"].type is float

@@ -87,7 +87,7 @@ def test_hf_model_with_a_preset_or_with_hf_config_is_refused(tmp_path):
     plugins = load_plugins()
     config = tmp_path / "config.json"
     config.write_text(json.dumps(dict(PRESETS["gpt2-tiny"])))
-    with pytest.raises(PsycheError, match="go with --model hf; --model hf:qwen2-tiny already"):
+    with pytest.raises(PsycheError, match="--hf-config goes with --model hf; --model hf:qwen2"):
         run.train(options(plugins, tmp_path, hf_config=str(config)), plugins)
     with pytest.raises(PsycheError, match="not both"):
         run.train(
