@@ -61,6 +61,7 @@ def write_tasks(directory: Path, n_colors: int = 24) -> Path:
             "dataset_kwargs": {"data_files": {"test": str(prose)}},
             "test_split": "test",
             "output_type": "loglikelihood_rolling",
+            "num_fewshot": 0,  # whole texts: lm-eval then ignores a --num-fewshot
             "doc_to_text": "",
             "doc_to_target": "{{text}}",
             "metric_list": [
@@ -71,6 +72,7 @@ def write_tasks(directory: Path, n_colors: int = 24) -> Path:
             "dataset_path": "json",
             "dataset_kwargs": {"data_files": {"test": str(colors)}},
             "test_split": "test",
+            "fewshot_split": "test",
             "output_type": "generate_until",
             "doc_to_text": "{{question}}",
             "doc_to_target": "{{choices[answer]}}",
@@ -150,6 +152,8 @@ def deepseek_checkpoint(directory: Path, seed: int = 0) -> Path:
         max_position_embeddings=24,
         bos_token_id=1,
         eos_token_id=2,
+        n_group=4,
+        topk_group=2,
     )
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
