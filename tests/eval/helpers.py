@@ -65,7 +65,11 @@ def write_tasks(directory: Path, n_colors: int = 24) -> Path:
             "doc_to_text": "",
             "doc_to_target": "{{text}}",
             "metric_list": [
-                {"metric": "word_perplexity", "aggregation": "weighted_perplexity", "higher_is_better": False}
+                {
+                    "metric": "word_perplexity",
+                    "aggregation": "weighted_perplexity",
+                    "higher_is_better": False,
+                }
             ],
         },
         "psyche_colors_gen": {
@@ -77,7 +81,9 @@ def write_tasks(directory: Path, n_colors: int = 24) -> Path:
             "doc_to_text": "{{question}}",
             "doc_to_target": "{{choices[answer]}}",
             "generation_kwargs": {"until": ["."], "max_gen_toks": 4, "do_sample": False},
-            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+            "metric_list": [
+                {"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}
+            ],
         },
     }
     for name, config in tasks.items():
@@ -95,7 +101,11 @@ def train_tokenizer(directory: Path) -> Any:
     words = [d["question"] for d in color_docs()] + [d["text"] for d in prose_docs()] + COLORS
     tok.train_from_iterator(words, trainers.WordLevelTrainer(special_tokens=SPECIALS))
     fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
     )
     fast.save_pretrained(directory)
     return fast
@@ -123,9 +133,9 @@ def llama_config(vocab_size: int, **overrides: Any) -> dict[str, Any]:
 def llama_checkpoint(directory: Path, seed: int = 0, **overrides: Any) -> Path:
     """A random tiny Llama (psyche's init) saved with the tokenizer: one directory that psyche
     and transformers both load."""
-    from psyche_llama.model import LlamaForCausalLM
-
     import torch
+
+    from psyche_llama.model import LlamaForCausalLM
 
     vocab_size = len(train_tokenizer(directory))
     model = LlamaForCausalLM.from_config(llama_config(vocab_size, **overrides), seed=seed)

@@ -3,21 +3,23 @@ random one scores near chance; and ``evaluate`` can run between training steps."
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from tests.eval.helpers import COLORS, color_docs, llama_config, train_tokenizer, write_tasks
+pytest.importorskip("lm_eval")
 
-from lm_eval.tasks import TaskManager  # noqa: E402  (helpers skips the module without lm-eval)
-
+from lm_eval.tasks import TaskManager  # noqa: E402
 from psyche_eval.harness import evaluate  # noqa: E402
+
 from psyche_llama.model import LlamaForCausalLM  # noqa: E402
+from tests.eval.helpers import COLORS, color_docs, llama_config, train_tokenizer, write_tasks  # noqa: E402
 
 
 def memorise(model: LlamaForCausalLM, tokenizer, steps: int = 40) -> float:
     """Train on ``item qN is <answer></s>`` for every document; returns the final loss."""
     texts = [f"{d['question']} {COLORS[d['answer']]}" for d in color_docs()]
     # Equal lengths (4 words); the EOS teaches a generation where to stop.
-    ids = torch.tensor([tokenizer.encode(t) + [tokenizer.eos_token_id] for t in texts])
+    ids = torch.tensor([[*tokenizer.encode(t), tokenizer.eos_token_id] for t in texts])
     labels = ids.clone()
     labels[:, :3] = -100  # learn the answer and the EOS after it, not the random item numbers
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -44,7 +46,9 @@ def test_memorised_task_scores_one_and_random_scores_near_chance(tmp_path):
     assert memorise(trained, tokenizer) < 0.05
     torch.manual_seed(123)
     rng_before = torch.random.get_rng_state()
-    results = evaluate(trained, tokenizer, ["psyche_colors", "psyche_colors_gen"], task_manager=manager)
+    results = evaluate(
+        trained, tokenizer, ["psyche_colors", "psyche_colors_gen"], task_manager=manager
+    )
     assert results["results"]["psyche_colors"]["acc,none"] == 1.0
     # Greedy generation recalls every answer too (the generative metric lm-eval defines).
     assert results["results"]["psyche_colors_gen"]["exact_match,none"] == 1.0

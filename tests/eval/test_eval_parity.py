@@ -13,11 +13,11 @@ lm_eval = pytest.importorskip("lm_eval")
 pytest.importorskip("accelerate", reason="lm-eval's hf backend (the reference) needs accelerate")
 
 from lm_eval.tasks import TaskManager  # noqa: E402
+from psyche_eval.harness import evaluate  # noqa: E402
+from psyche_eval.tokenizer import load_tokenizer  # noqa: E402
 
 from psyche_core import run  # noqa: E402
 from psyche_core.plugins import Plugins  # noqa: E402
-from psyche_eval.harness import evaluate  # noqa: E402
-from psyche_eval.tokenizer import load_tokenizer  # noqa: E402
 
 TASKS = ["psyche_colors", "psyche_prose", "psyche_colors_gen"]
 
@@ -84,8 +84,15 @@ def test_batch_size_does_not_change_scores(tmp_path):
     model = run.resolve_model(Plugins.load(), str(checkpoint)).build(0)
     tokenizer = load_tokenizer(checkpoint, model)
     one, five = (
-        evaluate(model, tokenizer, ["psyche_colors"], batch_size=b, log_samples=True,
-                 task_manager=manager, num_fewshot=3)  # fmt: skip
+        evaluate(
+            model,
+            tokenizer,
+            ["psyche_colors"],
+            batch_size=b,
+            log_samples=True,
+            task_manager=manager,
+            num_fewshot=3,
+        )
         for b in (1, 5)
     )
     for a, b in zip(one["samples"]["psyche_colors"], five["samples"]["psyche_colors"], strict=True):

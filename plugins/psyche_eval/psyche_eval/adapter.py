@@ -246,9 +246,14 @@ class PsycheLM(TemplateLM):
                 if not options.get("do_sample"):
                     temperature = 0.0
                 new = self._generate(
-                    prompt, max_new, stops, temperature, options.get("top_k"), options.get("top_p"),
+                    prompt,
+                    max_new,
+                    stops,
+                    temperature,
+                    options.get("top_k"),
+                    options.get("top_p"),
                     generator,
-                )  # fmt: skip
+                )
                 text = postprocess_generated_text(self.tok_decode(new), stops, None)
                 self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
                 outputs.append(text)

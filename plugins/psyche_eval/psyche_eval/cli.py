@@ -52,7 +52,7 @@ def make_eval_command() -> click.Command:
     )
     @click.option(
         "--output",
-        type=click.Path(dir_okay=False),
+        type=click.Path(),
         help="Write lm-eval's results JSON here (with per-document samples if --log-samples).",
     )
     @click.option("--log-samples", is_flag=True, help="Keep per-document inputs and scores.")
@@ -88,19 +88,19 @@ def make_eval_command() -> click.Command:
         psyche adapter, so every registered model works, including plugin architectures that
         transformers does not know. Prints lm-eval's results table.
         """
-        from psyche_eval.harness import make_task_manager, require_lm_eval
+        from psyche_eval.harness import require_lm_eval
 
         require_lm_eval()
         _check_numbers(limit, num_fewshot, batch_size, max_length)
         output_path = _check_output(output)
         names = [t.strip() for t in tasks.split(",") if t.strip()]
-        manager = make_task_manager(include_path)
 
         from psyche_core import run
-        from psyche_eval.harness import check_task_names, evaluate
+        from psyche_eval.harness import evaluate, load_tasks, make_task_manager
         from psyche_eval.tokenizer import find_tokenizer, load_tokenizer
 
-        check_task_names(manager, names)  # before the model loads: a typo costs nothing
+        # Everything a user can get wrong is checked before the model is built: the model
+        # reference, the tokenizer, the task names and their datasets.
         plugins = ctx.find_object(Plugins) or Plugins.load()
         choice = run.resolve_model(plugins, model_ref)
         tokenizer_ref = tokenizer or find_tokenizer(choice.checkpoint, Path(model_ref))
@@ -110,7 +110,11 @@ def make_eval_command() -> click.Command:
                 "or a tokenizer directory) so that task text can become token ids"
             )
         torch_device = run.resolve_device(device)
-        model = choice.build(seed, device=torch_device, dtype=run.resolve_dtype(dtype, torch_device))
+        torch_dtype = run.resolve_dtype(dtype, torch_device)
+        manager = make_task_manager(include_path)
+        loaded = load_tasks(manager, names)
+
+        model = choice.build(seed, device=torch_device, dtype=torch_dtype)
         encoder = load_tokenizer(tokenizer_ref, model)
         if max_length is not None and max_length > model.max_context_length:
             raise PsycheError(
@@ -121,7 +125,7 @@ def make_eval_command() -> click.Command:
         results = evaluate(
             model,
             encoder,
-            names,
+            loaded,
             limit=int(limit) if limit is not None and limit >= 1 else limit,
             num_fewshot=num_fewshot,
             batch_size=batch_size,
@@ -143,7 +147,9 @@ def make_eval_command() -> click.Command:
             click.echo(make_table(results, "groups"))
         if output_path is not None:
             output_path.parent.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False)
+            text = json.dumps(
+                results, indent=2, default=handle_non_serializable, ensure_ascii=False
+            )
             output_path.write_text(text + "\n")
             click.echo(f"results written to {output_path}", err=True)
 

@@ -36,7 +36,7 @@ OFFLINE_HINT = (
 def require_lm_eval() -> None:
     """Fail with one line, naming what to install, when lm-eval cannot be imported."""
     try:
-        import lm_eval  # noqa: F401
+        import lm_eval
         import lm_eval.api.model  # noqa: F401
     except ImportError as exc:
         raise PsycheError(
@@ -112,7 +112,7 @@ def load_tasks(manager: Any, names: Sequence[str]) -> list[Any]:
 def evaluate(
     model: CausalLM,
     tokenizer: Any,
-    tasks: Sequence[str],
+    tasks: Sequence[Any],
     *,
     limit: int | float | None = None,
     num_fewshot: int | None = None,
@@ -132,7 +132,8 @@ def evaluate(
             (torch, numpy, random) are restored afterwards, so a trainer can call this between
             steps without changing its run.
         tokenizer: a transformers tokenizer for the model's ids (see ``psyche_eval.tokenizer``).
-        tasks: lm-eval task, group or tag names, globs, or task YAML paths.
+        tasks: lm-eval task, group or tag names, globs, task YAML paths, or tasks already
+            built by :func:`load_tasks` (whose datasets are then not read again).
         limit: documents per task (a fraction below 1), as lm-eval's ``--limit``.
         num_fewshot: few-shot examples (the task's default when None).
         batch_size: requests per forward pass.
@@ -152,11 +153,18 @@ def evaluate(
 
     manager = task_manager or make_task_manager(include_path)
     lm = PsycheLM(model, tokenizer, batch_size, max_length, max_gen_toks, seed or 0)
-    seeds = {} if seed is None else {
-        f"{kind}_seed": seed for kind in ("random", "numpy_random", "torch_random", "fewshot_random")
-    }
+    seeds = (
+        {}
+        if seed is None
+        else {
+            f"{kind}_seed": seed
+            for kind in ("random", "numpy_random", "torch_random", "fewshot_random")
+        }
+    )
     with _preserved_rng():
-        loaded = load_tasks(manager, list(tasks))
+        names = [t for t in tasks if isinstance(t, str)]
+        built = [t for t in tasks if not isinstance(t, str)]
+        loaded = built + (load_tasks(manager, names) if names else [])
         results = lm_eval.simple_evaluate(
             model=lm,
             tasks=loaded,
