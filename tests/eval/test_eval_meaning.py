@@ -8,11 +8,11 @@ import torch
 
 pytest.importorskip("lm_eval")
 
-from lm_eval.tasks import TaskManager  # noqa: E402
-from psyche_eval.harness import evaluate  # noqa: E402
+from lm_eval.tasks import TaskManager
+from psyche_eval.harness import evaluate
 
-from psyche_llama.model import LlamaForCausalLM  # noqa: E402
-from tests.eval.helpers import COLORS, color_docs, llama_config, train_tokenizer, write_tasks  # noqa: E402
+from psyche_llama.model import LlamaForCausalLM
+from tests.eval.helpers import COLORS, color_docs, llama_config, train_tokenizer, write_tasks
 
 
 def memorise(model: LlamaForCausalLM, tokenizer, steps: int = 40) -> float:
