@@ -6,9 +6,10 @@ is the held-out text), so the numbers show the machinery working, not a useful m
 
     python benchmarks/eval_fineweb.py --steps 60 --rounds 2
 
-Runs in one process: ``psyche train`` (the CLI), then per round ``psyche eval`` (the CLI) and
-``lm_eval.simple_evaluate(model="hf")`` alternately on the trained checkpoint, then
-``psyche eval`` on the untrained preset. Prints one JSON object and writes
+Runs in one process: ``psyche train`` (the CLI), then per round psyche's adapter
+(``psyche_eval.harness.evaluate``) and ``lm_eval.simple_evaluate(model="hf")`` alternately on the
+trained checkpoint (medians of the rounds), then ``psyche eval`` (the CLI) on the trained
+checkpoint and on the untrained preset. Prints one JSON object and writes
 ``benchmarks/results/eval_fineweb.json``.
 """
 
@@ -78,6 +79,18 @@ def psyche(*args: str) -> None:
     from psyche_core.cli import main
 
     main(list(args))
+
+
+def psyche_evaluate(checkpoint: Path, tokenizer: Path, tasks: list[str], manager) -> dict:
+    from psyche_eval.harness import evaluate
+    from psyche_eval.tokenizer import load_tokenizer
+
+    from psyche_core import run
+    from psyche_core.plugins import Plugins
+
+    model = run.resolve_model(Plugins.load(), str(checkpoint)).build(0)
+    encoder = load_tokenizer(tokenizer, model)
+    return evaluate(model, encoder, tasks, batch_size=8, log_samples=True, task_manager=manager)
 
 
 def metrics(results: dict, task: str) -> dict[str, float]:
@@ -156,10 +169,11 @@ def main() -> None:
     ]
     manager = TaskManager(include_path=str(work / "tasks"), include_defaults=False)
     timings: dict[str, list[float]] = {"psyche": [], "hf": []}
-    trained = reference = None
     for round_ in range(args.rounds):
+        # Both sides load the checkpoint and tokenizer and share one task index, so the times
+        # compare the model adapters (the CLI also indexes lm-eval's 14k built-in tasks).
         started = time.perf_counter()
-        psyche("eval", "--model", str(checkpoint), "--output", str(work / "trained.json"), *common)
+        ours = psyche_evaluate(checkpoint, tokenizer_dir, list(sources), manager)
         timings["psyche"].append(time.perf_counter() - started)
         started = time.perf_counter()
         reference = lm_eval.simple_evaluate(
@@ -176,10 +190,14 @@ def main() -> None:
             f"round {round_ + 1}: psyche {timings['psyche'][-1]:.1f}s, hf {timings['hf'][-1]:.1f}s",
             file=sys.stderr,
         )
+    psyche("eval", "--model", str(checkpoint), "--output", str(work / "trained.json"), *common)
     trained = json.loads((work / "trained.json").read_text())
     psyche("eval", "--model", "llama:20m", "--output", str(work / "untrained.json"), *common)
     untrained = json.loads((work / "untrained.json").read_text())
 
+    cli_matches_library = all(
+        metrics(ours, t) == metrics(trained, t) for t in sources
+    )  # psyche eval (CLI) and psyche_eval.harness.evaluate on the same checkpoint
     # Per-document log-likelihoods, psyche's adapter vs lm-eval's hf backend.
     max_diff = max(
         abs(ours["resps"][0][0] - ref["resps"][0][0])
@@ -221,6 +239,7 @@ def main() -> None:
         },
         "rows": rows,
         "per_document_loglikelihood_max_abs_diff_vs_hf": max_diff,
+        "cli_matches_library": cli_matches_library,
         "eval_seconds_median": {k: round(statistics.median(v), 2) for k, v in timings.items()},
         "eval_seconds_rounds": timings,
     }

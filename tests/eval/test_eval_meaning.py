@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("lm_eval")
 
 from lm_eval.tasks import TaskManager
-from psyche_eval.harness import evaluate
+from psyche_eval.harness import evaluate, load_tasks
 
 from psyche_llama.model import LlamaForCausalLM
 from tests.eval.helpers import COLORS, color_docs, llama_config, train_tokenizer, write_tasks
@@ -37,8 +37,10 @@ def test_memorised_task_scores_one_and_random_scores_near_chance(tmp_path):
     manager = TaskManager(include_path=str(write_tasks(tmp_path / "tasks")), include_defaults=False)
     config = llama_config(len(tokenizer), max_position_embeddings=64)
 
+    # Built once and reused, as a trainer evaluating every N steps would.
+    tasks = load_tasks(manager, ["psyche_colors", "psyche_colors_gen"])
     random_model = LlamaForCausalLM.from_config(config, seed=0)
-    chance = evaluate(random_model, tokenizer, ["psyche_colors"], task_manager=manager)
+    chance = evaluate(random_model, tokenizer, tasks[:1], task_manager=manager)
     random_acc = chance["results"]["psyche_colors"]["acc,none"]
     assert abs(random_acc - 1 / len(COLORS)) <= 0.15  # 24 documents, four choices
 
@@ -46,9 +48,7 @@ def test_memorised_task_scores_one_and_random_scores_near_chance(tmp_path):
     assert memorise(trained, tokenizer) < 0.05
     torch.manual_seed(123)
     rng_before = torch.random.get_rng_state()
-    results = evaluate(
-        trained, tokenizer, ["psyche_colors", "psyche_colors_gen"], task_manager=manager
-    )
+    results = evaluate(trained, tokenizer, tasks, task_manager=manager)
     assert results["results"]["psyche_colors"]["acc,none"] == 1.0
     # Greedy generation recalls every answer too (the generative metric lm-eval defines).
     assert results["results"]["psyche_colors_gen"]["exact_match,none"] == 1.0

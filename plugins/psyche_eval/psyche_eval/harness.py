@@ -151,6 +151,9 @@ def evaluate(
 
     from psyche_eval.adapter import PsycheLM
 
+    if isinstance(tasks, str):
+        tasks = tasks.split(",")
+
     manager = task_manager or make_task_manager(include_path)
     lm = PsycheLM(model, tokenizer, batch_size, max_length, max_gen_toks, seed or 0)
     seeds = (
