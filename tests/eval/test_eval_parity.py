@@ -73,7 +73,8 @@ def test_llama_adapter_matches_lm_eval_hf(tmp_path):
 def test_deepseek_v3_adapter_matches_lm_eval_hf(tmp_path):
     pytest.importorskip("psyche_deepseek")
     checkpoint = deepseek_checkpoint(tmp_path / "deepseek")
-    reference, ours = run_both(checkpoint, write_tasks(tmp_path / "tasks"), 2, batch_size=4)
+    tasks = write_tasks(tmp_path / "tasks", n_colors=12)
+    reference, ours = run_both(checkpoint, tasks, 2, batch_size=4)
     assert_same(reference, ours)
 
 
