@@ -85,10 +85,10 @@ def psyche_evaluate(checkpoint: Path, tokenizer: Path, tasks: list[str], manager
     from psyche_eval.harness import evaluate
     from psyche_eval.tokenizer import load_tokenizer
 
-    from psyche_core import run
     from psyche_core.plugins import Plugins
+    from psyche_core.resolve import resolve_model
 
-    model = run.resolve_model(Plugins.load(), str(checkpoint)).build(0)
+    model = resolve_model(Plugins.load(), str(checkpoint)).build(0)
     encoder = load_tokenizer(tokenizer, model)
     return evaluate(model, encoder, tasks, batch_size=8, log_samples=True, task_manager=manager)
 

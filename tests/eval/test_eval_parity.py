@@ -16,8 +16,8 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 from psyche_eval.harness import evaluate  # noqa: E402
 from psyche_eval.tokenizer import load_tokenizer  # noqa: E402
 
-from psyche_core import run  # noqa: E402
 from psyche_core.plugins import Plugins  # noqa: E402
+from psyche_core.resolve import resolve_model  # noqa: E402
 
 TASKS = ["psyche_colors", "psyche_prose", "psyche_colors_gen"]
 
@@ -33,7 +33,7 @@ def run_both(checkpoint: Path, tasks_dir: Path, num_fewshot: int, batch_size: in
         task_manager=manager,
         **common,
     )
-    choice = run.resolve_model(Plugins.load(), str(checkpoint))
+    choice = resolve_model(Plugins.load(), str(checkpoint))
     model = choice.build(0)
     ours = evaluate(model, load_tokenizer(checkpoint, model), task_manager=manager, **common)
     return reference, ours
@@ -82,7 +82,7 @@ def test_batch_size_does_not_change_scores(tmp_path):
     checkpoint = llama_checkpoint(tmp_path / "llama")
     tasks_dir = write_tasks(tmp_path / "tasks", n_colors=8)
     manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
-    model = run.resolve_model(Plugins.load(), str(checkpoint)).build(0)
+    model = resolve_model(Plugins.load(), str(checkpoint)).build(0)
     tokenizer = load_tokenizer(checkpoint, model)
     one, five = (
         evaluate(

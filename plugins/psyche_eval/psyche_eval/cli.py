@@ -95,26 +95,29 @@ def make_eval_command() -> click.Command:
         output_path = _check_output(output)
         names = [t.strip() for t in tasks.split(",") if t.strip()]
 
-        from psyche_core import run
+        from psyche_core.options import Options, all_option_specs
+        from psyche_core.resolve import resolve_device, resolve_dtype, resolve_model
         from psyche_eval.harness import evaluate, load_tasks, make_task_manager
         from psyche_eval.tokenizer import find_tokenizer, load_tokenizer
 
         # Everything a user can get wrong is checked before the model is built: the model
         # reference, the tokenizer, the task names and their datasets.
         plugins = ctx.find_object(Plugins) or Plugins.load()
-        choice = run.resolve_model(plugins, model_ref)
+        # built exactly as `psyche train` builds it, with every option at its default
+        options = Options.defaults(all_option_specs(plugins), model=model_ref, device=device)
+        choice = resolve_model(plugins, model_ref, options)
         tokenizer_ref = tokenizer or find_tokenizer(choice.checkpoint, Path(model_ref))
         if tokenizer_ref is None:
             raise PsycheError(
                 f"--model {model_ref} has no saved tokenizer; pass --tokenizer (a tokenizer.json "
                 "or a tokenizer directory) so that task text can become token ids"
             )
-        torch_device = run.resolve_device(device)
-        torch_dtype = run.resolve_dtype(dtype, torch_device)
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
         manager = make_task_manager(include_path)
         loaded = load_tasks(manager, names)
 
-        model = choice.build(seed, device=torch_device, dtype=torch_dtype)
+        model = choice.build(seed, device=torch_device, dtype=torch_dtype, options=options)
         encoder = load_tokenizer(tokenizer_ref, model)
         if max_length is not None and max_length > model.max_context_length:
             raise PsycheError(
