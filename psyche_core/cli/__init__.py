@@ -35,6 +35,7 @@ def make_cli(plugins: Plugins) -> click.Group:
         Models, data providers and optimizers come from plugins; `psyche list-plugins` shows
         what is installed.
         """
+        ctx.obj = plugins  # plugin commands find the plugin set with ctx.find_object(Plugins)
         if ctx.invoked_subcommand not in QUIET_COMMANDS:
             plugins.warn_problems()
 
