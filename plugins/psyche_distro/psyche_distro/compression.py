@@ -37,7 +37,11 @@ def clamp_topk(k: int, total: int) -> int:
 def topk_chunks(coeffs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of ``coeffs`` (one chunk per row, any leading dims): the indices (int64) and
     signed values of the ``clamp(k, 1, T)`` largest magnitudes, by descending magnitude."""
-    k = clamp_topk(k, coeffs.shape[-1])
+    total = coeffs.shape[-1]
+    k = clamp_topk(k, total)
+    if k == total:  # everything is sent: in index order (a sort would cost more than the rest)
+        idx = torch.arange(total, device=coeffs.device).expand(coeffs.shape).contiguous()
+        return idx, coeffs.clone()
     idx = coeffs.abs().topk(k, dim=-1, largest=True, sorted=True).indices
     return idx, coeffs.gather(-1, idx)
 
@@ -59,7 +63,7 @@ def topk_batch(
     batch, n1, n2 = coeffs.shape
     k = clamp_topk(k, n1 * n2)
     flat = coeffs.view(batch, n1 * n2)
-    if n1 < k or n1 * n2 < _GROUPED_TOPK_MIN:
+    if n1 < k or n1 * n2 < _GROUPED_TOPK_MIN or k == n1 * n2:
         return topk_chunks(flat, k)
     if work is not None:
         work = work[: coeffs.numel()].view(batch, n1, n2)
@@ -69,6 +73,37 @@ def topk_batch(
     pos = candidates.topk(k, dim=-1, largest=True, sorted=True).indices
     idx = rows.gather(1, torch.div(pos, n2, rounding_mode="floor")) * n2 + pos.remainder(n2)
     return idx, flat.gather(1, idx)
+
+
+def topk_rows(
+    coeffs: torch.Tensor, n1: int, n2: int, k: int, work: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`topk_batch` for coefficients in :func:`~psyche_distro.dct.encode_rows`' row-major
+    layout ``(Y*n1, X*n2)``: ``(Y*X, k')`` indices ``b * n2 + d`` and signed values, chunks
+    in row-major grid order. Large chunks go through the rows' maxima (computed as an infinity
+    norm, so the magnitudes are never stored); small chunks, or ``k' >= n1``, copy the block to
+    chunk-major order for a plain top-k (``work``: an optional buffer for that copy)."""
+    rows, width = coeffs.shape
+    ylen, xlen, total = rows // n1, width // n2, n1 * n2
+    k = clamp_topk(k, total)
+    grid4 = coeffs.view(ylen, n1, xlen, n2)
+    chunks = ylen * xlen
+    if n1 < k or total < _GROUPED_TOPK_MIN or k == total:
+        if work is not None:
+            work = work[: coeffs.numel()].view(ylen, xlen, n1, n2)
+            flat = work.copy_(grid4.transpose(1, 2)).view(chunks, total)
+        else:
+            flat = grid4.transpose(1, 2).reshape(chunks, total)
+        return topk_chunks(flat, k)
+    peak = torch.linalg.vector_norm(grid4, float("inf"), dim=-1)  # (Y, n1, X): max |c| per row
+    best = peak.transpose(1, 2).topk(k, dim=-1, largest=True, sorted=False).indices  # (Y, X, k)
+    y = torch.arange(ylen, device=coeffs.device).view(ylen, 1, 1)
+    x = torch.arange(xlen, device=coeffs.device).view(1, xlen, 1)
+    candidates = grid4[y, best, x].view(chunks, k * n2)  # those rows of every chunk
+    pos = candidates.abs().topk(k, dim=-1, largest=True, sorted=True).indices
+    best = best.view(chunks, k)
+    idx = best.gather(1, torch.div(pos, n2, rounding_mode="floor")) * n2 + pos.remainder(n2)
+    return idx, candidates.gather(1, pos)
 
 
 def compress(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...], int]:
@@ -229,6 +264,42 @@ def scatter_mean_sparse(idx: torch.Tensor, val: torch.Tensor) -> tuple[torch.Ten
         keep[start : start + block] = first.gather(-1, order)
     width = int(keep.sum(-1).max())
     return out_idx[:, :width], out_val[:, :width]
+
+
+def row_major_index(idx: torch.Tensor, grid: ChunkGrid, first_chunk: int = 0) -> torch.Tensor:
+    """Positions ``(chunks, m)`` within chunks ``first_chunk, first_chunk + 1, ...`` -> flat
+    indices into the tensor's row-major ``(rows, width)`` view."""
+    chunk = torch.arange(first_chunk, first_chunk + idx.shape[0], device=idx.device).view(-1, 1)
+    b, d = torch.div(idx, grid.n2, rounding_mode="floor"), idx.remainder(grid.n2)
+    row = torch.div(chunk, grid.cols, rounding_mode="floor") * grid.n1 + b
+    return row * grid.width + chunk.remainder(grid.cols) * grid.n2 + d
+
+
+def scatter_mean_dense(
+    idx: torch.Tensor, val: torch.Tensor, peers: int, grid: ChunkGrid
+) -> torch.Tensor:
+    """:func:`scatter_mean_sparse` into a dense row-major ``(rows, width)`` coefficient tensor,
+    for selections too large for pairwise comparison: ``idx`` and ``val`` are ``(chunks,
+    peers * k)`` (every peer's ``k`` positions per chunk, in rank order, unique per peer).
+    The same formula, ``v_first + sum(v - v_first) / count`` with the lowest rank's value
+    first; ``O(peers * chunks * k)`` and deterministic (CPU index_add runs in order)."""
+    chunks = idx.shape[0]
+    flat = row_major_index(idx, grid).view(chunks, peers, -1)
+    values = val.view(chunks, peers, -1)
+    first = torch.zeros(grid.rows * grid.width, dtype=val.dtype, device=val.device)
+    for rank in reversed(range(peers)):  # the lowest rank writes last
+        first[flat[:, rank].reshape(-1)] = values[:, rank].reshape(-1)
+    if peers == 1:
+        return first.view(grid.rows, grid.width)
+    total = torch.zeros_like(first)
+    count = torch.zeros_like(first)
+    ones = torch.ones(1, dtype=val.dtype, device=val.device)
+    for rank in range(peers):
+        where = flat[:, rank].reshape(-1)
+        total.index_add_(0, where, values[:, rank].reshape(-1) - first[where])
+        count.index_add_(0, where, ones.expand(where.numel()))
+    mean = first.add_(total.div_(count.clamp_(min=1)))
+    return mean.view(grid.rows, grid.width)
 
 
 def sparse_factors(

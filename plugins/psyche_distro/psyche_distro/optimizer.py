@@ -41,40 +41,77 @@ from psyche_core.optim import Optimizer, StepContext
 from psyche_core.options import Options
 from psyche_distro.compression import (
     clamp_topk,
+    scatter_mean_dense,
     scatter_mean_sparse,
     sparse_factors,
-    topk_batch,
+    topk_rows,
 )
-from psyche_distro.dct import Block, ChunkGrid, encode_batch, from_chunks, to_chunks
+from psyche_distro.dct import ChunkGrid, decode_rows, encode_rows
 from psyche_distro.payload import PayloadLayout
-from psyche_distro.plugin import MODES, OPTIONS
+from psyche_distro.plugin import MODES
 
 _STATE_FORMAT = 1
 # Elements per processing block: a block's tensors stay in cache from one operation to the next
 # and the scratch buffers stay small. A constant, so every peer computes in the same blocks.
-_BLOCK_ELEMENTS = 1 << 19
-
-Factors = tuple[torch.Tensor, torch.Tensor]  # sparse_factors(): (chunks, n1, K), (chunks, K, n2)
+_BLOCK_ELEMENTS = 1 << 18
+# Above this many selected coefficients per chunk (over all peers) a sparse result is decoded
+# densely (scatter, then two matrix products) instead of one rank-m product per chunk, and the
+# scatter-mean is a dense scatter instead of an O(m^2) pairwise comparison: no cliff in k.
+_SPARSE_MAX = 32
 
 
 @dataclass
 class _Slot:
-    """One parameter and its DisTrO state. ``delta`` is stored chunk-major,
-    ``(chunks, n1, n2)``, so every block of it is contiguous."""
+    """One parameter and its DisTrO state. ``delta`` is shaped like the parameter (row-major),
+    so a block of grid rows is a contiguous slice of the parameter, its gradient and delta."""
 
     name: str
     param: nn.Parameter
     grid: ChunkGrid
     k: int
     delta: torch.Tensor
-    blocks: list[Block]
+    blocks: list[tuple[int, int]]
 
-    def view(self, t: torch.Tensor) -> torch.Tensor:
-        """A tensor shaped like the parameter as a ``(lead, cols, n1, n2)`` chunk view."""
-        return self.grid.chunk_view(t)
+    def rows(self, t: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+        """Rows ``l0*n1 .. l1*n1`` of a tensor shaped like the parameter, as ``(rows, width)``."""
+        n1 = self.grid.n1
+        return t.view(self.grid.rows, self.grid.width)[block[0] * n1 : block[1] * n1]
 
-    def factors(self, idx: torch.Tensor, val: torch.Tensor) -> Factors:
-        return sparse_factors(idx, val, self.grid.n1, self.grid.n2)
+
+class _Update:
+    """A decoded-on-demand sum of selected DCT coefficients for one parameter: either sparse
+    factors (``left @ right`` per chunk, chunk-major) or a dense row-major coefficient tensor."""
+
+    def __init__(self, slot: _Slot, idx: torch.Tensor, val: torch.Tensor, peers: int) -> None:
+        self.slot = slot
+        grid = slot.grid
+        if idx.shape[1] <= _SPARSE_MAX:
+            idx, val = scatter_mean_sparse(idx, val) if peers > 1 else (idx, val)
+            self.factors: tuple[torch.Tensor, torch.Tensor] | None = sparse_factors(
+                idx, val, grid.n1, grid.n2
+            )
+            self.dense: torch.Tensor | None = None
+        else:
+            self.factors = None
+            self.dense = scatter_mean_dense(idx, val, peers, grid)
+
+    def decode(
+        self, block: tuple[int, int], work: torch.Tensor, spare: torch.Tensor
+    ) -> torch.Tensor:
+        """The inverse DCT over one block as ``(Y, n1, X, n2)`` (a view into ``work`` or
+        ``spare``, possibly strided): add it to :func:`_grid4` of a block of rows."""
+        grid = self.slot.grid
+        l0, l1 = block
+        if self.dense is not None:
+            coeffs = self.dense[l0 * grid.n1 : l1 * grid.n1]
+            out = decode_rows(coeffs, grid.n1, grid.n2, work=work, out=spare)
+            return out.view(l1 - l0, grid.n1, grid.cols, grid.n2)
+        c0, c1 = l0 * grid.cols, l1 * grid.cols
+        left, right = self.factors[0][c0:c1], self.factors[1][c0:c1]
+        out = work[: (c1 - c0) * grid.chunk_numel].view(c1 - c0, grid.n1, grid.n2)
+        out = torch.bmm(left, right, out=out)
+        # chunk-major (Y, X, n1, n2) seen as the row-major (Y, n1, X, n2) block
+        return out.view(l1 - l0, grid.cols, grid.n1, grid.n2).transpose(1, 2)
 
 
 class DistroOptimizer(Optimizer):
@@ -132,12 +169,9 @@ class DistroOptimizer(Optimizer):
                 raise PsycheError(f"DisTrO needs contiguous parameters; {name!r} is not")
             grid = ChunkGrid.for_shape(tuple(p.shape), self.chunk)
             state_dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
-            delta = torch.zeros(
-                (grid.num_chunks, grid.n1, grid.n2), dtype=state_dtype, device=p.device
-            )
+            delta = torch.zeros(p.shape, dtype=state_dtype, device=p.device)
             k = clamp_topk(self.topk, grid.chunk_numel)
-            blocks = grid.blocks(_BLOCK_ELEMENTS // grid.chunk_numel)
-            self._slots.append(_Slot(name, p, grid, k, delta, blocks))
+            self._slots.append(_Slot(name, p, grid, k, delta, grid.row_blocks(_BLOCK_ELEMENTS)))
         self.layout = PayloadLayout(
             [(s.grid, s.k, s.param.dtype) for s in self._slots], one_bit=self.quantize_1bit
         )
@@ -149,9 +183,7 @@ class DistroOptimizer(Optimizer):
         self._snapshot: list[torch.Tensor] | None = None
         self._lookahead = False
         self._peers_checked = False
-        self._scratch: dict[
-            tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]
-        ] = {}
+        self._scratch: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, ...]] = {}
 
     # -- public views ---------------------------------------------------------------------------
 
@@ -165,29 +197,28 @@ class DistroOptimizer(Optimizer):
         """Copies of the momentum tensors by parameter name, shaped like the parameters. Between
         steps this is delta as compressed at the last step: the part this peer sent is
         subtracted at the start of the next step (in both modes)."""
-        return {s.name: from_chunks(s.delta, s.grid).clone() for s in self._slots}
+        return {s.name: s.delta.clone() for s in self._slots}
 
     # -- the step -------------------------------------------------------------------------------
 
     @torch.no_grad()
     def prepare_step(self, ctx: StepContext) -> None:
         """psyche mode: move the weights to where the pending update will roughly put them,
-        ``theta -= prev_lr * sign(delta)``; :meth:`step` or :meth:`abort_step` restore them."""
+        ``theta -= prev_lr * sign(delta)``; :meth:`step` or :meth:`abort_step` restore them.
+        One pass, block by block: copy the weights aside, then write the moved weights."""
         self._restore()
         if self.mode != "psyche" or self._pending is None or ctx.prev_lr == 0:
             return
         if self._snapshot is None:
             self._snapshot = [torch.empty_like(s.param) for s in self._slots]
         for slot, saved in zip(self._slots, self._snapshot):
-            work, _ = self._work(slot)
-            pv, sv = slot.view(slot.param.detach()), slot.view(saved)
-            for blk in slot.blocks:
-                pb, sb = blk.of(pv), blk.of(sv)
+            work = self._work(slot)[0]
+            p = slot.param.detach()
+            for block in slot.blocks:
+                pb, sb = slot.rows(p, block), slot.rows(saved, block)
                 sb.copy_(pb)
-                sign = torch.sign(
-                    slot.delta[blk.start : blk.stop], out=self._buffer(work, slot, blk)
-                )
-                torch.add(sb, sign.view(pb.shape), alpha=-ctx.prev_lr, out=pb)
+                sign = torch.sign(slot.rows(slot.delta, block), out=_like(work, pb))
+                torch.add(sb, sign, alpha=-ctx.prev_lr, out=pb)
         self._lookahead = True
 
     def abort_step(self, ctx: StepContext) -> None:
@@ -208,7 +239,7 @@ class DistroOptimizer(Optimizer):
                 slot,
                 lr,
                 saved=restore[i] if restore is not None else None,
-                own=slot.factors(*own) if own is not None else None,
+                own=_Update(slot, *own, peers=1) if own is not None else None,
                 update=pending[i] if pending is not None else None,
                 stats=stats,
             )
@@ -238,105 +269,92 @@ class DistroOptimizer(Optimizer):
         slot: _Slot,
         lr: float,
         saved: torch.Tensor | None,
-        own: Factors | None,
-        update: Factors | None,
+        own: _Update | None,
+        update: _Update | None,
         stats: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float]]:
-        """One parameter's step, block by block (every operation is local to a chunk):
-        undo the lookahead, weight decay, ``delta = decay * (delta - own) + lr * grad``, top-k
-        of its DCT, and in psyche mode the pending update. Returns ``(idx, val)`` of this step's
-        result, ``(chunks, k')``, and the L1 energies of the gradient and of delta."""
+        """One parameter's step, block by block (every operation is local to a chunk, and a
+        block is a contiguous slice of every tensor): undo the lookahead, weight decay,
+        ``delta = decay * (delta - own) + lr * grad``, top-k of its DCT, and in psyche mode the
+        pending update. Returns ``(idx, val)`` of this step's result, ``(chunks, k')``, and the
+        L1 energies of the gradient and of delta."""
         p, grad = slot.param.detach(), slot.param.grad
-        pv, gv = slot.view(p), slot.view(grad) if grad is not None else None
-        sv = slot.view(saved) if saved is not None else None
+        grid = slot.grid
         shrink = 1.0 - lr * self.weight_decay
         beta = self.decay
-        work, spare = self._work(slot)
-        idx = torch.empty((slot.grid.num_chunks, slot.k), dtype=torch.int64, device=p.device)
-        val = torch.empty((slot.grid.num_chunks, slot.k), dtype=slot.delta.dtype, device=p.device)
+        work, spare, third = self._work(slot)
+        idx = torch.empty((grid.num_chunks, slot.k), dtype=torch.int64, device=p.device)
+        val = torch.empty((grid.num_chunks, slot.k), dtype=slot.delta.dtype, device=p.device)
         grad_energy = _l1(grad) if stats and grad is not None else 0.0
         delta_energy = 0.0
-        for blk in slot.blocks:
-            pb = blk.of(pv)
-            if sv is not None:  # exact undo of the lookahead, fused with the weight decay
+        for block in slot.blocks:
+            pb = slot.rows(p, block)
+            if saved is not None:  # exact undo of the lookahead, fused with the weight decay
                 if shrink != 1.0:
-                    torch.mul(blk.of(sv), shrink, out=pb)
+                    torch.mul(slot.rows(saved, block), shrink, out=pb)
                 else:
-                    pb.copy_(blk.of(sv))
+                    pb.copy_(slot.rows(saved, block))
             elif shrink != 1.0:
                 pb.mul_(shrink)
-            d = slot.delta[blk.start : blk.stop]  # (B, n1, n2)
+            d = slot.rows(slot.delta, block)  # (rows, width), contiguous
             if own is not None:  # error feedback, deferred from the last step: decay * (d - own)
-                left, right = own[0][blk.start : blk.stop], own[1][blk.start : blk.stop]
-                d.baddbmm_(left, right, beta=beta, alpha=-beta)
-            elif beta != 1.0:
+                _grid4(d, grid).sub_(own.decode(block, work, spare))
+            if beta != 1.0:
                 d.mul_(beta)
-            if gv is not None:
-                d.view(*blk.size, slot.grid.n1, slot.grid.n2).add_(blk.of(gv), alpha=lr)
+            if grad is not None:
+                d.add_(slot.rows(grad, block), alpha=lr)
             if stats:
                 delta_energy += _l1(d)
-            coeffs = encode_batch(d, work=work, out=self._buffer(spare, slot, blk, d.shape))
-            magnitude_work = spare if coeffs.data_ptr() == work.data_ptr() else work
-            idx[blk.start : blk.stop], val[blk.start : blk.stop] = topk_batch(
-                coeffs, slot.k, work=magnitude_work
+            coeffs = encode_rows(d, grid.n1, grid.n2, work=work, out=spare)
+            c0, c1 = block[0] * grid.cols, block[1] * grid.cols
+            idx[c0:c1], val[c0:c1] = topk_rows(
+                coeffs, grid.n1, grid.n2, slot.k, work=third if grid.n1 > 1 else spare
             )
             if update is not None:  # psyche mode: last step's aggregate
-                self._apply_block(slot, update, blk, pb, lr, work)
+                self._apply_block(update, block, pb, lr, work, spare)
         return idx, val, (grad_energy, delta_energy)
 
-    def _apply(self, slot: _Slot, update: Factors, lr: float) -> None:
+    def _apply(self, slot: _Slot, update: _Update, lr: float) -> None:
         """``theta -= lr * sign(update)`` for one parameter, block by block."""
-        work, _ = self._work(slot)
-        pv = slot.view(slot.param.detach())
-        for blk in slot.blocks:
-            self._apply_block(slot, update, blk, blk.of(pv), lr, work)
+        work, spare, _ = self._work(slot)
+        p = slot.param.detach()
+        for block in slot.blocks:
+            self._apply_block(update, block, slot.rows(p, block), lr, work, spare)
 
+    @staticmethod
     def _apply_block(
-        self,
-        slot: _Slot,
-        update: Factors,
-        blk: Block,
+        update: _Update,
+        block: tuple[int, int],
         pb: torch.Tensor,
         lr: float,
         work: torch.Tensor,
+        spare: torch.Tensor,
     ) -> None:
-        left, right = update[0][blk.start : blk.stop], update[1][blk.start : blk.stop]
-        decoded = torch.bmm(left, right, out=self._buffer(work, slot, blk, None))
-        pb.add_(decoded.sign_().view(pb.shape), alpha=-lr)
+        decoded = update.decode(block, work, spare)
+        _grid4(pb, update.slot.grid).add_(decoded.sign_(), alpha=-lr)
 
-    def _aggregate(self, payloads: torch.Tensor) -> list[Factors]:
-        """Every parameter's scatter-mean over the peers' payloads, as sparse-decode factors."""
+    def _aggregate(self, payloads: torch.Tensor) -> list[_Update]:
+        """Every parameter's scatter-mean over the peers' payloads, ready to decode."""
         dtypes = [s.delta.dtype for s in self._slots]
         devices = [s.delta.device for s in self._slots]
         parsed = self.layout.parse(payloads, dtypes, devices)
-        return [
-            slot.factors(*scatter_mean_sparse(idx, val))
-            for slot, (idx, val) in zip(self._slots, parsed)
-        ]
+        peers = payloads.shape[0]
+        return [_Update(slot, idx, val, peers) for slot, (idx, val) in zip(self._slots, parsed)]
 
-    def _work(self, slot: _Slot) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two scratch buffers big enough for any block, per device and dtype."""
+    def _work(self, slot: _Slot) -> tuple[torch.Tensor, ...]:
+        """Three scratch buffers big enough for any block, per device and dtype."""
         key = (slot.delta.device, slot.delta.dtype)
         if key not in self._scratch:
             size = max(
-                max(b.stop - b.start for b in s.blocks) * s.grid.chunk_numel
+                (l1 - l0) * s.grid.n1 * s.grid.width
                 for s in self._slots
                 if (s.delta.device, s.delta.dtype) == key
+                for l0, l1 in s.blocks
             )
             self._scratch[key] = tuple(
-                torch.empty(size, dtype=key[1], device=key[0]) for _ in range(2)
+                torch.empty(size, dtype=key[1], device=key[0]) for _ in range(3)
             )
         return self._scratch[key]
-
-    @staticmethod
-    def _buffer(
-        work: torch.Tensor, slot: _Slot, blk: Block, shape: tuple[int, ...] | None = None
-    ) -> torch.Tensor:
-        chunks = blk.stop - blk.start
-        view = work[: chunks * slot.grid.chunk_numel]
-        if shape is None:
-            return view.view(chunks, slot.grid.n1, slot.grid.n2)
-        return view.view(shape)
 
     def _exchange(self, comm: Communicator, payload: torch.Tensor) -> torch.Tensor:
         """All peers' payloads as ``(peers, nbytes)``, in rank order."""
@@ -425,7 +443,7 @@ class DistroOptimizer(Optimizer):
             )
         self._restore()
         for slot in self._slots:
-            slot.delta.copy_(to_chunks(state["delta"][slot.name], slot.grid))
+            slot.delta.copy_(state["delta"][slot.name])
         self._own = None
         if "own_idx" in state:
             self._own = [
@@ -443,6 +461,16 @@ def _check(ok: bool, message: str) -> None:
         raise PsycheError(message)
 
 
+def _like(work: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The front of a scratch buffer, shaped like ``t``."""
+    return work[: t.numel()].view(t.shape)
+
+
+def _grid4(rows: torch.Tensor, grid: ChunkGrid) -> torch.Tensor:
+    """A ``(rows, width)`` block as ``(Y, n1, X, n2)``."""
+    return rows.view(-1, grid.n1, grid.cols, grid.n2)
+
+
 def _l1(t: torch.Tensor) -> float:
     """L1 norm, accumulated in at least float32."""
     return float(torch.linalg.vector_norm(t, 1, dtype=torch.promote_types(t.dtype, torch.float32)))
@@ -452,24 +480,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-_DEFAULTS = {spec.key: spec.default for spec in OPTIONS}
-
-
-def _option(options: Options, key: str, default: Any = None) -> Any:
-    value = getattr(options, key, None)
-    if value is None:
-        value = _DEFAULTS.get(key, default)
-    return value
-
-
 def build_distro(model: nn.Module, options: Options) -> DistroOptimizer:
-    """The ``distro`` optimizer factory: ``--compression-*``, ``--distro-*``, ``--weight-decay``."""
+    """The ``distro`` optimizer factory: ``--compression-*``, ``--distro-*``, ``--weight-decay``
+    (declared options are always present on ``options``)."""
     return DistroOptimizer(
         model,
-        chunk=_option(options, "compression_chunk"),
-        topk=_option(options, "compression_topk"),
-        decay=_option(options, "compression_decay"),
-        weight_decay=_option(options, "weight_decay", 0.0),
-        quantize_1bit=bool(_option(options, "distro_quantization")),
-        mode=_option(options, "distro_mode"),
+        chunk=options.compression_chunk,
+        topk=options.compression_topk,
+        decay=options.compression_decay,
+        weight_decay=options.weight_decay,
+        quantize_1bit=bool(options.distro_quantization),
+        mode=options.distro_mode,
     )
