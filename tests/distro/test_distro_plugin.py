@@ -30,6 +30,7 @@ def test_plugin_registers_the_distro_optimizer():
         "compression-topk",
         "compression-decay",
         "distro-quantization",
+        "distro-bf16-select",
         "distro-mode",
     ]
     assert (options["compression-chunk"].type, options["compression-chunk"].default) == (int, 64)
@@ -37,6 +38,10 @@ def test_plugin_registers_the_distro_optimizer():
     assert options["compression-decay"].type is float
     assert options["compression-decay"].default == 0.999
     assert (options["distro-quantization"].type, options["distro-quantization"].default) == (
+        bool,
+        False,
+    )
+    assert (options["distro-bf16-select"].type, options["distro-bf16-select"].default) == (
         bool,
         False,
     )

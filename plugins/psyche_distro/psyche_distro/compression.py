@@ -24,7 +24,7 @@ import sys
 
 import torch
 
-from psyche_distro.dct import ChunkGrid, basis_rows
+from psyche_distro.dct import ChunkGrid, basis_rows, encode_rows
 
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
@@ -80,8 +80,8 @@ def topk_rows(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`topk_batch` for coefficients in :func:`~psyche_distro.dct.encode_rows`' row-major
     layout ``(Y*n1, X*n2)``: ``(Y*X, k')`` indices ``b * n2 + d`` and signed values, chunks
-    in row-major grid order. Large chunks go through the rows' maxima (computed as an infinity
-    norm, so the magnitudes are never stored); small chunks, or ``k' >= n1``, copy the block to
+    in row-major grid order. Large chunks go through the rows' maxima (the magnitudes are never
+    stored); small chunks, or ``k' >= n1``, copy the block to
     chunk-major order for a plain top-k (``work``: an optional buffer for that copy)."""
     rows, width = coeffs.shape
     ylen, xlen, total = rows // n1, width // n2, n1 * n2
@@ -95,15 +95,68 @@ def topk_rows(
         else:
             flat = grid4.transpose(1, 2).reshape(chunks, total)
         return topk_chunks(flat, k)
-    peak = torch.linalg.vector_norm(grid4, float("inf"), dim=-1)  # (Y, n1, X): max |c| per row
+    # (Y, n1, X): max |c| per chunk row, as max(max c, -min c) so |c| is never stored
+    peak = torch.maximum(grid4.amax(-1), grid4.amin(-1).neg_())
     best = peak.transpose(1, 2).topk(k, dim=-1, largest=True, sorted=False).indices  # (Y, X, k)
-    y = torch.arange(ylen, device=coeffs.device).view(ylen, 1, 1)
-    x = torch.arange(xlen, device=coeffs.device).view(1, xlen, 1)
-    candidates = grid4[y, best, x].view(chunks, k * n2)  # those rows of every chunk
+    # those rows of every chunk, (Y, X, k, n2)
+    rows = best.unsqueeze(-1).expand(ylen, xlen, k, n2)
+    candidates = grid4.transpose(1, 2).gather(2, rows).view(chunks, k * n2)
     pos = candidates.abs().topk(k, dim=-1, largest=True, sorted=True).indices
     best = best.view(chunks, k)
     idx = best.gather(1, torch.div(pos, n2, rounding_mode="floor")) * n2 + pos.remainder(n2)
     return idx, candidates.gather(1, pos)
+
+
+def bf16_select_applies(n1: int, n2: int, k: int) -> bool:
+    """Whether :func:`topk_rows_bf16` selects from a bfloat16 transform for these chunks (large
+    chunks with few coefficients kept); otherwise it is :func:`topk_rows` of the exact one."""
+    k = clamp_topk(k, n1 * n2)
+    return n1 * n2 >= _GROUPED_TOPK_MIN and n1 >= _BF16_OVERSAMPLE * k
+
+
+# bf16 selection keeps this many times k candidates, then ranks them by their exact values.
+_BF16_OVERSAMPLE = 2
+
+
+def topk_rows_bf16(
+    x: torch.Tensor,
+    n1: int,
+    n2: int,
+    k: int,
+    buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`topk_rows` of ``encode_rows(x)`` (``x`` in parameter space, ``(Y*n1, X*n2)``),
+    choosing the indices from a bfloat16 transform: ``2k`` candidates per chunk by their
+    bfloat16 magnitudes, their values computed in ``x``'s dtype (one rank-``2k`` product per
+    chunk), and the ``k`` largest of those kept, by descending magnitude. The values are the
+    float32 transform's up to float32 rounding; the indices differ from the exact top-k only
+    where a coefficient outside the 2k bfloat16 candidates is among the exact k largest
+    (magnitudes within bfloat16 rounding of each other). Used only where
+    :func:`bf16_select_applies`. ``buffers``: three optional scratch tensors of ``x``'s dtype
+    and at least ``x.numel()`` elements (fresh large allocations cost page faults)."""
+    k = clamp_topk(k, n1 * n2)
+    rows, width = x.shape
+    ylen, xlen, numel = rows // n1, width // n2, x.numel()
+    if buffers is None:
+        buffers = tuple(torch.empty(numel, dtype=x.dtype, device=x.device) for _ in range(3))
+    first, second, third = (b.view(-1)[:numel] for b in buffers)
+    halves = first.view(torch.bfloat16)  # a float32 buffer holds two bf16 ones
+    low = halves[:numel].view(rows, width).copy_(x)
+    approx = encode_rows(
+        low, n1, n2, work=halves[numel : 2 * numel], out=second.view(torch.bfloat16)
+    )
+    # ranked in float32, where the reductions are faster than in bf16
+    approx = third.view(rows, width).copy_(approx)
+    candidates, _ = topk_rows(approx, n1, n2, _BF16_OVERSAMPLE * k)
+    # exact values of the candidates: f1[:, b]^T @ X_chunk @ f2[:, d]
+    chunks = first.view(ylen, xlen, n1, n2).copy_(x.view(ylen, n1, xlen, n2).transpose(1, 2))
+    chunks = chunks.view(ylen * xlen, n1, n2)
+    b, d = torch.div(candidates, n2, rounding_mode="floor"), candidates.remainder(n2)
+    right = basis_rows(n2, x.dtype, x.device)[d]  # (B, 2k, n2)
+    partial = torch.bmm(chunks, right.transpose(1, 2))  # (B, n1, 2k)
+    values = (partial.transpose(1, 2) * basis_rows(n1, x.dtype, x.device)[b]).sum(-1)
+    order = values.abs().topk(k, dim=-1, largest=True, sorted=True).indices
+    return candidates.gather(1, order), values.gather(1, order)
 
 
 def compress(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...], int]:

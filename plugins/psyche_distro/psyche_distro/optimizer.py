@@ -40,11 +40,13 @@ from psyche_core.errors import PsycheError
 from psyche_core.optim import Optimizer, StepContext
 from psyche_core.options import Options
 from psyche_distro.compression import (
+    bf16_select_applies,
     clamp_topk,
     scatter_mean_dense,
     scatter_mean_sparse,
     sparse_factors,
     topk_rows,
+    topk_rows_bf16,
 )
 from psyche_distro.dct import ChunkGrid, decode_rows, encode_rows
 from psyche_distro.payload import PayloadLayout
@@ -71,6 +73,7 @@ class _Slot:
     k: int
     delta: torch.Tensor
     blocks: list[tuple[int, int]]
+    bf16_select: bool  # choose this parameter's top-k from a bfloat16 transform
 
     def rows(self, t: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
         """Rows ``l0*n1 .. l1*n1`` of a tensor shaped like the parameter, as ``(rows, width)``."""
@@ -126,6 +129,8 @@ class DistroOptimizer(Optimizer):
         weight_decay: decoupled weight decay, ``theta *= 1 - lr * weight_decay``.
         quantize_1bit: send sign bits instead of values (``--distro-quantization``).
         mode: ``"psyche"`` (pipelined) or ``"sync"`` (DeMo) (``--distro-mode``).
+        bf16_select: choose the top-k indices from a bfloat16 transform, values in float32
+            (``--distro-bf16-select``; see :func:`~psyche_distro.compression.topk_rows_bf16`).
     """
 
     averages_gradients = False
@@ -140,6 +145,7 @@ class DistroOptimizer(Optimizer):
         weight_decay: float = 0.0,
         quantize_1bit: bool = False,
         mode: str = "psyche",
+        bf16_select: bool = False,
     ) -> None:
         if isinstance(params, nn.Module):
             params = params.named_parameters()
@@ -160,6 +166,7 @@ class DistroOptimizer(Optimizer):
             bool(quantize_1bit),
             mode,
         )
+        self.bf16_select = bool(bf16_select)
 
         self._slots: list[_Slot] = []
         for name, p in self.named_params:
@@ -171,7 +178,9 @@ class DistroOptimizer(Optimizer):
             state_dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
             delta = torch.zeros(p.shape, dtype=state_dtype, device=p.device)
             k = clamp_topk(self.topk, grid.chunk_numel)
-            self._slots.append(_Slot(name, p, grid, k, delta, grid.row_blocks(_BLOCK_ELEMENTS)))
+            bf16 = self.bf16_select and bf16_select_applies(grid.n1, grid.n2, k)
+            blocks = grid.row_blocks(_BLOCK_ELEMENTS)
+            self._slots.append(_Slot(name, p, grid, k, delta, blocks, bf16))
         self.layout = PayloadLayout(
             [(s.grid, s.k, s.param.dtype) for s in self._slots], one_bit=self.quantize_1bit
         )
@@ -305,11 +314,16 @@ class DistroOptimizer(Optimizer):
                 d.add_(slot.rows(grad, block), alpha=lr)
             if stats:
                 delta_energy += _l1(d)
-            coeffs = encode_rows(d, grid.n1, grid.n2, work=work, out=spare)
             c0, c1 = block[0] * grid.cols, block[1] * grid.cols
-            idx[c0:c1], val[c0:c1] = topk_rows(
-                coeffs, grid.n1, grid.n2, slot.k, work=third if grid.n1 > 1 else spare
-            )
+            if slot.bf16_select:
+                idx[c0:c1], val[c0:c1] = topk_rows_bf16(
+                    d, grid.n1, grid.n2, slot.k, buffers=(work, spare, third)
+                )
+            else:
+                coeffs = encode_rows(d, grid.n1, grid.n2, work=work, out=spare)
+                idx[c0:c1], val[c0:c1] = topk_rows(
+                    coeffs, grid.n1, grid.n2, slot.k, work=third if grid.n1 > 1 else spare
+                )
             if update is not None:  # psyche mode: last step's aggregate
                 self._apply_block(update, block, pb, lr, work, spare)
         return idx, val, (grad_energy, delta_energy)
@@ -491,4 +505,5 @@ def build_distro(model: nn.Module, options: Options) -> DistroOptimizer:
         weight_decay=options.weight_decay,
         quantize_1bit=bool(options.distro_quantization),
         mode=options.distro_mode,
+        bf16_select=bool(options.distro_bf16_select),
     )
