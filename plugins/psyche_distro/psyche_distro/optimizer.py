@@ -55,7 +55,7 @@ from psyche_distro.plugin import MODES
 _STATE_FORMAT = 1
 # Elements per processing block: a block's tensors stay in cache from one operation to the next
 # and the scratch buffers stay small. A constant, so every peer computes in the same blocks.
-_BLOCK_ELEMENTS = 1 << 18
+_BLOCK_ELEMENTS = 1 << 20
 # Above this many selected coefficients per chunk (over all peers) a sparse result is decoded
 # densely (scatter, then two matrix products) instead of one rank-m product per chunk, and the
 # scatter-mean is a dense scatter instead of an O(m^2) pairwise comparison: no cliff in k.
