@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-import psyche_distro.optimizer as optimizer_module
+import psyche_distro.groups as groups_module
 from psyche_core.comm import LocalGroup, run_local_peers
 from psyche_core.errors import PsycheError
 from psyche_core.options import Options
@@ -287,12 +287,62 @@ def test_dense_and_sparse_decoding_agree(mode, monkeypatch):
         return run_local_peers(2, peer, timeout=60)
 
     dense = run()
-    monkeypatch.setattr(optimizer_module, "_SPARSE_MAX", 10**9)
+    monkeypatch.setattr(groups_module, "_SPARSE_MAX", 10**9)
     sparse = run()
     for a, b in zip(dense, sparse):
         for name in a:
             torch.testing.assert_close(a[name], b[name], atol=1e-12, rtol=0)
     assert not torch.equal(dense[0]["weight"], Wide().weight)
+
+
+class Layers(nn.Module):
+    """Small parameters sharing chunk layouts (stacked into groups), interleaved with others,
+    and one without a gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        for i in range(3):
+            setattr(self, f"a{i}", nn.Parameter(torch.randn(8, 12, generator=g).double()))
+            setattr(self, f"b{i}", nn.Parameter(torch.randn(12, generator=g).double()))
+            setattr(self, f"c{i}", nn.Parameter(torch.randn(4, 12, generator=g).double()))
+        self.frozen_grad = nn.Parameter(torch.randn(16, 12, generator=g).double())
+
+
+def layers_grads(model: nn.Module, step: int) -> None:
+    fixed_grads(seed=step)(model, step)
+    model.frozen_grad.grad = None  # a parameter whose gradient is missing this step
+
+
+@pytest.mark.parametrize("mode", ["psyche", "sync"])
+def test_stacked_groups_equal_one_parameter_at_a_time(mode, monkeypatch):
+    """Small parameters of one chunk layout are processed as one stacked group; the payload,
+    delta and weights are those of processing each parameter on its own."""
+
+    def run(peers_payloads: list) -> tuple[dict, dict]:
+        model = Layers()
+        opt = distro(model, topk=3, mode=mode, weight_decay=0.1)
+        comm = LocalGroup(1).communicator(0)
+        for step in range(1, 5):
+            ctx = context(step, comm)
+            opt.prepare_step(ctx)
+            layers_grads(model, step)
+            opt.step(ctx)
+            peers_payloads.append(opt.state_dict()["own_idx"])
+        return params_of(model), opt.state_dict()
+
+    stacked_idx, single_idx = [], []
+    stacked = run(stacked_idx)
+    assert len(distro(Layers())._groups) == 2  # the 4 x 4-chunk matrices; the vectors
+    monkeypatch.setattr(groups_module, "_STACK_MAX", 0)
+    single = run(single_idx)
+    for a, b in zip(stacked_idx, single_idx):
+        assert_same(a, b)
+    for name in stacked[0]:
+        torch.testing.assert_close(stacked[0][name], single[0][name], atol=1e-12, rtol=0)
+        torch.testing.assert_close(
+            stacked[1]["delta"][name], single[1]["delta"][name], atol=1e-12, rtol=0
+        )
 
 
 def test_bf16_selection_trains_like_the_exact_selection():
