@@ -273,14 +273,16 @@ class Wide(nn.Module):
 
 
 @pytest.mark.parametrize("mode", ["psyche", "sync"])
-def test_dense_and_sparse_decoding_agree(mode, monkeypatch):
+@pytest.mark.parametrize(("chunk", "topk"), [(64, 40), (8, FULL)])
+def test_dense_and_sparse_decoding_agree(mode, chunk, topk, monkeypatch):
     """Above 32 coefficients per chunk the aggregate and this peer's sent part are decoded
-    densely (no cliff in k); forcing the sparse route gives the same training."""
+    densely (no cliff in k; with every coefficient sent, without reading indices); forcing the
+    sparse route gives the same training."""
 
     def run() -> list[dict[str, torch.Tensor]]:
         def peer(comm):
             model = Wide()
-            opt = DistroOptimizer(model, chunk=64, topk=40, decay=0.9, mode=mode)
+            opt = DistroOptimizer(model, chunk=chunk, topk=topk, decay=0.9, mode=mode)
             train(model, opt, range(1, 5), fixed_grads(seed=comm.rank), communicator=comm)
             return {**params_of(model), **{f"delta.{n}": d for n, d in opt.delta.items()}}
 

@@ -215,6 +215,9 @@ def pack_indices(idx: torch.Tensor, total: int) -> torch.Tensor:
     width = index_width(total)
     if width == 1:
         return idx.to(torch.uint8)
+    if _LITTLE_ENDIAN and width in (2, 4):  # the low bytes of each int32, without shifts
+        raw = idx.to(torch.int32).contiguous().view(torch.uint8).view(*idx.shape, 4)
+        return raw[..., :width].flatten(-2)
     shifts = torch.arange(0, 8 * width, 8, device=idx.device, dtype=torch.int64)
     parts = (idx.long().unsqueeze(-1) >> shifts) & 0xFF
     return parts.to(torch.uint8).flatten(-2)
@@ -225,6 +228,10 @@ def unpack_indices(packed: torch.Tensor, total: int) -> torch.Tensor:
     width = index_width(total)
     if width == 1:
         return packed.long()
+    if _LITTLE_ENDIAN and width in (2, 4):  # reinterpret, then drop the sign extension
+        fresh = torch.empty(packed.shape, dtype=torch.uint8, device=packed.device)
+        signed = fresh.copy_(packed).view(torch.int16 if width == 2 else torch.int32)
+        return signed.long() & ((1 << (8 * width)) - 1)
     parts = packed.long().unflatten(-1, (-1, width))
     shifts = torch.arange(0, 8 * width, 8, device=packed.device, dtype=torch.int64)
     return (parts << shifts).sum(-1)  # disjoint bits: the sum is an exact bitwise OR

@@ -29,7 +29,7 @@ from psyche_distro.compression import (
     topk_rows,
     topk_rows_bf16,
 )
-from psyche_distro.dct import ChunkGrid, decode_rows, encode_rows
+from psyche_distro.dct import ChunkGrid, decode_rows, encode_rows, from_chunks
 
 # Elements per processing block: large enough that per-call overhead stays small, small
 # enough that a block's few tensors share the cache.
@@ -149,7 +149,10 @@ class Update:
         grid = group.grid
         self.factors: tuple[torch.Tensor, torch.Tensor] | None = None
         self.dense: torch.Tensor | None = None
-        if idx.shape[1] <= _SPARSE_MAX:
+        if group.k == grid.chunk_numel and idx.shape[1] > _SPARSE_MAX:
+            # everything sent, in index order: the mean over peers needs no indices
+            self.dense = _mean_of_full(val, peers, grid)
+        elif idx.shape[1] <= _SPARSE_MAX:
             idx, val = scatter_mean_sparse(idx, val) if peers > 1 else (idx, val)
             self.factors = sparse_factors(idx, val, grid.n1, grid.n2)
         else:
@@ -170,6 +173,19 @@ class Update:
         out = torch.bmm(left, right, out=out)
         # chunk-major (Y, X, n1, n2) seen as the row-major (Y, n1, X, n2) block
         return out.view(l1 - l0, grid.cols, grid.n1, grid.n2).transpose(1, 2)
+
+
+def _mean_of_full(val: torch.Tensor, peers: int, grid: ChunkGrid) -> torch.Tensor:
+    """:func:`scatter_mean_dense` when every peer sent every coefficient in index order
+    (``val`` is ``(chunks, peers * T)``): the same formula, without indices."""
+    values = val.reshape(grid.num_chunks, peers, grid.chunk_numel)
+    first = values[:, 0]
+    if peers > 1:
+        total = torch.zeros_like(first)
+        for rank in range(peers):
+            total.add_(values[:, rank] - first)
+        first = first + total.div_(peers)
+    return from_chunks(first.reshape(-1, grid.n1, grid.n2), grid).view(grid.rows, grid.width)
 
 
 def grid4(rows: torch.Tensor, grid: ChunkGrid) -> torch.Tensor:
