@@ -222,6 +222,8 @@ def generate(
     weights, grads = group.weights(), group.grads()
     shrink = 1.0 - lr * weight_decay
     work, spare, third = buffers
+    # k' = T at full precision: this peer sent all of delta, nothing is left to feed back
+    everything_sent = group.k == grid.chunk_numel and group.dtype == group.delta.dtype
     idx = torch.empty((grid.num_chunks, group.k), dtype=torch.int64, device=group.delta.device)
     val = torch.empty((grid.num_chunks, group.k), dtype=group.delta.dtype, device=idx.device)
     for block in group.blocks:
@@ -234,7 +236,9 @@ def generate(
         elif shrink != 1.0:
             wb.mul_(shrink)
         d = group.rows(group.delta, block)
-        if own is not None:  # error feedback, deferred from the last step: decay * (d - own)
+        if own is not None and everything_sent:
+            d.zero_()  # delta - D^-1(D(delta)): zero up to the transform's rounding
+        elif own is not None:  # error feedback, deferred from the last step: decay * (d - own)
             grid4(d, grid).sub_(own.decode(block, work, spare))
         if decay != 1.0:
             d.mul_(decay)
