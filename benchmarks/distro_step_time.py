@@ -57,6 +57,11 @@ def llama_preset(preset: str, dtype: torch.dtype) -> tuple[nn.Module, str]:
     return llama_20m_shapes(dtype), "parameters with the 20m preset's shapes"
 
 
+def llama_20m(dtype: torch.dtype) -> tuple[nn.Module, str]:
+    """The 20m preset (used by distro_bytes.py and dp_peers.py too)."""
+    return llama_preset("20m", dtype)
+
+
 def llama_20m_shapes(dtype: torch.dtype) -> nn.Module:
     v, h, i, n = (LLAMA_20M[k] for k in LLAMA_20M)
     g = torch.Generator().manual_seed(0)
