@@ -12,9 +12,11 @@ Semantics follow Psyche (``shared/modeling/src/distro.rs``):
   selected it; nobody's choice stays 0 (not a sum, not a division by the peer count).
 
 :func:`compress`, :func:`decompress` and :func:`batch_decompress` are the dense reference
-forms (Psyche's API, used for golden values). The optimizer uses :func:`topk_batch` and the
+forms (Psyche's API, used for golden values). The optimizer uses :func:`topk_rows` (or
+:func:`topk_rows_bf16`) on the row-major transform and, for few coefficients per chunk, the
 sparse forms :func:`scatter_mean_sparse` + :func:`sparse_factors` (as in :func:`decode_sparse`),
-which never build the dense coefficient tensor and give the same numbers up to rounding.
+which never build the dense coefficient tensor, else :func:`scatter_mean_dense`; all give the
+reference's numbers up to rounding.
 """
 
 from __future__ import annotations
@@ -50,35 +52,10 @@ def topk_chunks(coeffs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
 _GROUPED_TOPK_MIN = 256
 
 
-def topk_batch(
-    coeffs: torch.Tensor, k: int, work: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`topk_chunks` for a batch of chunks ``(B, n1, n2)``; indices are ``b * n2 + d``.
-
-    For large chunks it looks only at the ``k'`` rows with the largest maxima: every other
-    coefficient is at most the smallest of those ``k'`` maxima, so the kept magnitudes are the
-    same as a full top-k (only the choice among exactly equal magnitudes may differ).
-    ``work``: an optional buffer of ``B * n1 * n2`` elements for the magnitudes.
-    """
-    batch, n1, n2 = coeffs.shape
-    k = clamp_topk(k, n1 * n2)
-    flat = coeffs.view(batch, n1 * n2)
-    if n1 < k or n1 * n2 < _GROUPED_TOPK_MIN or k == n1 * n2:
-        return topk_chunks(flat, k)
-    if work is not None:
-        work = work[: coeffs.numel()].view(batch, n1, n2)
-    mag = torch.abs(coeffs, out=work)
-    rows = mag.amax(-1).topk(k, dim=-1, largest=True, sorted=False).indices  # (B, k)
-    candidates = mag.gather(1, rows.unsqueeze(-1).expand(batch, k, n2)).view(batch, k * n2)
-    pos = candidates.topk(k, dim=-1, largest=True, sorted=True).indices
-    idx = rows.gather(1, torch.div(pos, n2, rounding_mode="floor")) * n2 + pos.remainder(n2)
-    return idx, flat.gather(1, idx)
-
-
 def topk_rows(
     coeffs: torch.Tensor, n1: int, n2: int, k: int, work: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`topk_batch` for coefficients in :func:`~psyche_distro.dct.encode_rows`' row-major
+    """:func:`topk_chunks` for coefficients in :func:`~psyche_distro.dct.encode_rows`' row-major
     layout ``(Y*n1, X*n2)``: ``(Y*X, k')`` indices ``b * n2 + d`` and signed values, chunks
     in row-major grid order. Large chunks go through the rows' maxima (the magnitudes are never
     stored); small chunks, or ``k' >= n1``, copy the block to

@@ -160,32 +160,6 @@ class ChunkGrid:
         return [(l0, min(self.lead, l0 + step)) for l0 in range(0, self.lead, step)]
 
 
-def encode_batch(
-    x: torch.Tensor, work: torch.Tensor | None = None, out: torch.Tensor | None = None
-) -> torch.Tensor:
-    """DCT of a batch of chunks ``x`` of shape ``(B, n1, n2)``: ``F1^T @ x[b] @ F2``, shape
-    ``(B, n1, n2)``. ``work`` (``B * n1 * n2`` elements) and ``out`` (``(B, n1, n2)``) are
-    optional preallocated buffers; with ``n1 = 1`` the result lives in ``work``."""
-    batch, n1, n2 = x.shape
-    f2 = dct_basis(n2, x.dtype, x.device)
-    if work is not None:
-        work = work[: x.numel()].view(-1, n2)
-    t = torch.mm(x.reshape(-1, n2), f2, out=work)
-    if n1 == 1:
-        return t.view(batch, 1, n2)
-    f1t = dct_basis(n1, x.dtype, x.device).T
-    return torch.matmul(f1t, t.view(batch, n1, n2), out=out)
-
-
-def decode_batch(coeffs: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`encode_batch`: ``F1 @ c[b] @ F2^T``."""
-    batch, n1, n2 = coeffs.shape
-    t = coeffs.reshape(-1, n2) @ dct_basis(n2, coeffs.dtype, coeffs.device).T
-    if n1 == 1:
-        return t.view(batch, 1, n2)
-    return torch.matmul(dct_basis(n1, coeffs.dtype, coeffs.device), t.view(batch, n1, n2))
-
-
 def encode_rows(
     x: torch.Tensor,
     n1: int,
