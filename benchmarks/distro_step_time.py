@@ -1,20 +1,30 @@
-"""Optimizer step time: DisTrO (generate + exchange + apply) vs torch AdamW, same parameters.
+"""Optimizer step time: DisTrO (``prepare_step`` + ``step``) vs torch's fused AdamW, same params.
 
-Parameters have the ~20M Llama preset's shapes (psyche-llama's ``20m`` preset when installed,
-else the same shapes built here) with random gradients; one peer (the exchange is the in-process
-communicator with one rank). Prints one JSON object: median seconds per step over ``--steps``
-timed steps after ``--warmup`` untimed ones (AdamW and DisTrO steps alternate), and the ratio
-to AdamW.
+Parameters have the shapes of psyche-llama's presets (``llama:20m``, ``llama:tiny``; for 20m a
+module of the same shapes is built here when psyche-llama is not installed) with random
+gradients; one peer (the in-process communicator with one rank). The DisTrO time includes
+``prepare_step`` (psyche mode's lookahead), so it is what a training step pays. AdamW is
+``torch.optim.AdamW(fused=True)``, the AdamW psyche uses.
 
-    python benchmarks/distro_step_time.py [--threads 1] [--steps 7] [--mode psyche|sync]
+Every configuration (model, threads, mode, 1-bit, top-k, bf16 selection) alternates AdamW
+and DisTrO steps round by round, so both see the same load on a shared machine; the ratio is
+the median over rounds of (DisTrO / AdamW). Prints one JSON object and writes it to
+``--output``. ``--profile`` adds a torch.profiler breakdown of one configuration's steps.
+
+    python benchmarks/distro_step_time.py --threads 1 2 [--output benchmarks/results/...]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -30,18 +40,29 @@ LLAMA_20M = {
     "intermediate_size": 768,
     "num_hidden_layers": 4,
 }
+TOPK_SWEEP = (4, 16, 64, 256, 1024, 4096)  # 4096 = the whole 64 x 64 chunk
 
 
-def llama_20m(dtype: torch.dtype) -> tuple[nn.Module, str]:
-    """The 20m preset from psyche-llama if it is installed, else a module of the same shapes."""
+def llama_preset(preset: str, dtype: torch.dtype) -> tuple[nn.Module, str]:
+    """A psyche-llama preset if it is installed, else (20m only) a module of the same shapes."""
     try:
         from psyche_core.plugins import Plugins
 
         spec = Plugins.load().models.get("llama")
-        model = spec.load().from_config(spec.presets["20m"], dtype=dtype)
-        return model, "psyche_llama 20m preset"
+        model = spec.load().from_config(spec.presets[preset], dtype=dtype)
+        return model, f"psyche_llama {preset} preset"
     except Exception:  # not installed (or not yet the expected API): same shapes by hand
-        pass
+        if preset != "20m":
+            raise
+    return llama_20m_shapes(dtype), "parameters with the 20m preset's shapes"
+
+
+def llama_20m(dtype: torch.dtype) -> tuple[nn.Module, str]:
+    """The 20m preset (used by distro_bytes.py and dp_peers.py too)."""
+    return llama_preset("20m", dtype)
+
+
+def llama_20m_shapes(dtype: torch.dtype) -> nn.Module:
     v, h, i, n = (LLAMA_20M[k] for k in LLAMA_20M)
     g = torch.Generator().manual_seed(0)
 
@@ -60,100 +81,172 @@ def llama_20m(dtype: torch.dtype) -> tuple[nn.Module, str]:
         setattr(model, f"layer{layer}", block)
     model.norm = nn.Parameter(torch.ones(h, dtype=dtype))
     model.lm_head = param(v, h)
-    return model, "parameters with the 20m preset's shapes"
+    return model
+
+
+def configurations(models: list[str], topks: list[int]) -> list[dict]:
+    """Both modes and 1-bit on every model, bf16 selection and the top-k sweep on 20m."""
+    out = []
+    for model in models:
+        out += [
+            {"model": model, "mode": "psyche", "one_bit": False, "topk": 4},
+            {"model": model, "mode": "sync", "one_bit": False, "topk": 4},
+            {"model": model, "mode": "psyche", "one_bit": True, "topk": 4},
+        ]
+    if "20m" in models:
+        out.append({"model": "20m", "mode": "psyche", "one_bit": False, "topk": 4, "bf16": True})
+        out += [
+            {"model": "20m", "mode": "psyche", "one_bit": False, "topk": k} for k in topks if k != 4
+        ]
+    return out
+
+
+def time_configuration(
+    config: dict, model: nn.Module, threads: int, steps: int, warmup: int
+) -> dict:
+    torch.set_num_threads(threads)
+    params = [p for p in model.parameters() if p.requires_grad]
+    g = torch.Generator().manual_seed(1)
+    for p in params:
+        p.grad = (torch.randn(p.shape, generator=g) * 1e-3).to(p.dtype)
+    hyper = {"lr": 4e-4, "betas": (0.9, 0.95), "weight_decay": 0.1}
+    adamw = torch.optim.AdamW(params, fused=True, **hyper)
+    distro = DistroOptimizer(
+        model,
+        chunk=64,
+        topk=config["topk"],
+        decay=0.999,
+        weight_decay=0.1,
+        quantize_1bit=config["one_bit"],
+        mode=config["mode"],
+        bf16_select=config.get("bf16", False),
+    )
+    comm = LocalGroup(1).communicator(0)
+    adamw_times, prepare_times, step_times = [], [], []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        adamw.step()
+        adamw_time = time.perf_counter() - start
+        ctx = StepContext(step=i + 1, lr=4e-4, prev_lr=4e-4, communicator=comm)
+        start = time.perf_counter()
+        distro.prepare_step(ctx)
+        prepared = time.perf_counter()
+        distro.step(ctx)
+        end = time.perf_counter()
+        if i >= warmup:
+            adamw_times.append(adamw_time)
+            prepare_times.append(prepared - start)
+            step_times.append(end - start)
+    ratios = [s / a for s, a in zip(step_times, adamw_times)]
+    return {
+        **config,
+        "threads": threads,
+        "parameters": sum(p.numel() for p in params),
+        "payload_bytes": distro.payload_nbytes,
+        "adamw_fused_step_s": round(statistics.median(adamw_times), 5),
+        "distro_step_s": round(statistics.median(step_times), 5),
+        "distro_prepare_step_s": round(statistics.median(prepare_times), 5),
+        "ratio_vs_adamw_fused": round(statistics.median(ratios), 3),
+    }
+
+
+def profile_table(model: nn.Module, threads: int, rows: int = 18) -> str:
+    """torch.profiler's self-time table for three psyche-mode steps (20m, top-k 4)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(threads)
+    distro = DistroOptimizer(model, chunk=64, topk=4, decay=0.999, weight_decay=0.1)
+    comm = LocalGroup(1).communicator(0)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    for i in range(2):
+        ctx = StepContext(step=i + 1, lr=4e-4, prev_lr=4e-4, communicator=comm)
+        distro.prepare_step(ctx)
+        distro.step(ctx)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(3):
+            ctx = StepContext(step=i + 3, lr=4e-4, prev_lr=4e-4, communicator=comm)
+            distro.prepare_step(ctx)
+            distro.step(ctx)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--steps", type=int, default=9)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--models", nargs="+", default=["20m", "tiny"])
+    parser.add_argument("--topk", type=int, nargs="+", default=list(TOPK_SWEEP))
+    parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--mode", choices=("psyche", "sync"), default="psyche")
-    parser.add_argument("--chunk", type=int, default=64)
-    parser.add_argument("--topk", type=int, default=4)
-    parser.add_argument("--one-bit", action="store_true")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
 
-    model, source = llama_20m(dtype)
-    params = [p for p in model.parameters() if p.requires_grad]
-    g = torch.Generator().manual_seed(1)
-    grads = [torch.randn(p.shape, generator=g).to(dtype) * 1e-3 for p in params]
+    load_before = os.getloadavg()
+    models = {name: llama_preset(name, torch.float32) for name in args.models}
+    results = []
+    for threads in args.threads:
+        for config in configurations(args.models, args.topk):
+            model, _ = models[config["model"]]
+            results.append(time_configuration(config, model, threads, args.steps, args.warmup))
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
 
-    def set_grads() -> None:
-        for p, grad in zip(params, grads):
-            p.grad = grad.clone()
+    def ratio(threads: int, **match) -> float | None:
+        for r in results:
+            if r["threads"] == threads and all(r.get(k, False) == v for k, v in match.items()):
+                return r["ratio_vs_adamw_fused"]
+        return None
 
-    set_grads()
-    hyper = {"lr": 4e-4, "betas": (0.9, 0.95), "weight_decay": 0.1}
-    # foreach is torch's default on CPU; fused is what psyche's AdamW uses (3-4x faster).
-    adamw = torch.optim.AdamW(params, foreach=True, **hyper)
-    adamw_fused = torch.optim.AdamW(params, fused=True, **hyper)
-    distro = DistroOptimizer(
-        model,
-        chunk=args.chunk,
-        topk=args.topk,
-        decay=0.999,
-        weight_decay=0.1,
-        quantize_1bit=args.one_bit,
-        mode=args.mode,
-    )
-    comm = LocalGroup(1).communicator(0)
-    # AdamW and DisTrO steps alternate, so both see the same load on a shared machine.
-    adamw_times, fused_times, prepare_times, step_times = [], [], [], []
-    for i in range(args.warmup + args.steps):
-        start = time.perf_counter()
-        adamw.step()
-        adamw_time = time.perf_counter() - start
-        start = time.perf_counter()
-        adamw_fused.step()
-        fused_time = time.perf_counter() - start
-        ctx = StepContext(step=i + 1, lr=4e-4, prev_lr=4e-4, communicator=comm)
-        start = time.perf_counter()
-        distro.prepare_step(ctx)
-        prepare_time = time.perf_counter() - start
-        start = time.perf_counter()
-        distro.step(ctx)
-        step_time = time.perf_counter() - start
-        if i >= args.warmup:
-            adamw_times.append(adamw_time)
-            fused_times.append(fused_time)
-            prepare_times.append(prepare_time)
-            step_times.append(step_time)
-    step = statistics.median(step_times)
-    prepare = statistics.median(prepare_times)
-    adamw_median = statistics.median(adamw_times)
-    fused_median = statistics.median(fused_times)
-    ratios = sorted(s / a for s, a in zip(step_times, adamw_times))
-    print(
-        json.dumps(
-            {
-                "benchmark": "distro_step_time",
-                "parameters": sum(p.numel() for p in params),
-                "source": source,
-                "dtype": args.dtype,
-                "threads": args.threads,
-                "mode": args.mode,
-                "chunk": args.chunk,
-                "topk": args.topk,
-                "one_bit": args.one_bit,
-                "steps_timed": args.steps,
-                "adamw_step_s": round(adamw_median, 5),
-                "distro_step_s": round(step, 5),
-                "distro_prepare_step_s": round(prepare, 5),
-                "ratio_step_vs_adamw": round(step / adamw_median, 3),
-                "ratio_step_vs_adamw_per_round_median": round(statistics.median(ratios), 3),
-                "ratio_prepare_plus_step_vs_adamw": round((step + prepare) / adamw_median, 3),
-                "adamw_fused_step_s": round(fused_median, 5),
-                "ratio_step_vs_adamw_fused": round(step / fused_median, 3),
-                "ratio_prepare_plus_step_vs_adamw_fused": round((step + prepare) / fused_median, 3),
-                "target_ratio": 2.0,
-            },
-            indent=2,
-        )
-    )
+    summary = {}
+    for threads in args.threads:
+        base = {"model": "20m", "one_bit": False, "topk": 4, "bf16": False}
+        summary[f"{threads}_threads"] = {
+            "psyche": ratio(threads, **base, mode="psyche"),
+            "sync": ratio(threads, **base, mode="sync"),
+            "psyche_1bit": ratio(threads, **{**base, "one_bit": True}, mode="psyche"),
+            "psyche_bf16_select": ratio(threads, **{**base, "bf16": True}, mode="psyche"),
+            "tiny_psyche": ratio(threads, **{**base, "model": "tiny"}, mode="psyche"),
+        }
+        full = [r for r in results if r["threads"] == threads and r["topk"] == max(args.topk)]
+        top4 = ratio(threads, **base, mode="psyche")
+        if full and top4:
+            summary[f"{threads}_threads"]["full_chunk_step_vs_topk4_step"] = round(
+                full[0]["distro_step_s"]
+                / next(
+                    r["distro_step_s"]
+                    for r in results
+                    if r["threads"] == threads
+                    and r["model"] == "20m"
+                    and r["topk"] == 4
+                    and r["mode"] == "psyche"
+                    and not r["one_bit"]
+                    and not r.get("bf16")
+                ),
+                2,
+            )
+    report = {
+        "benchmark": "distro_step_time",
+        "command": "python " + " ".join(sys.argv),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+        },
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "sources": {name: source for name, (_, source) in models.items()},
+        "target": "DisTrO step incl. prepare_step <= 2x fused AdamW (20m, top-k 4); "
+        "full-chunk step <= 3x the top-k 4 step",
+        "ratio_vs_adamw_fused": summary,
+        "results": results,
+    }
+    if args.profile:
+        report["profile"] = profile_table(models[args.models[0]][0], args.threads[0])
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        args.output.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import torch
 
 from psyche_distro.compression import (
     batch_decompress,
+    bf16_select_applies,
     clamp_topk,
     compress,
     decode_sparse,
@@ -16,13 +17,24 @@ from psyche_distro.compression import (
     pack_indices,
     pack_signs,
     payload_nbytes,
+    row_major_index,
+    scatter_mean_dense,
     scatter_mean_sparse,
-    topk_batch,
     topk_chunks,
+    topk_rows,
+    topk_rows_bf16,
     unpack_indices,
     unpack_signs,
 )
-from psyche_distro.dct import ChunkGrid, decode, decode_chunks, encode
+from psyche_distro.dct import (
+    ChunkGrid,
+    decode,
+    decode_chunks,
+    decode_rows,
+    encode,
+    encode_rows,
+    from_chunks,
+)
 
 RANDOM_4X4 = torch.tensor(
     [
@@ -76,7 +88,10 @@ def test_topk_properties(k):
         dropped[row_i] = False
         if dropped.any():
             assert row_v.abs().min() >= row_x[dropped].abs().max()
-        assert torch.all(row_v.abs()[:-1] >= row_v.abs()[1:])  # descending magnitude
+        if kept < 16:
+            assert torch.all(row_v.abs()[:-1] >= row_v.abs()[1:])  # descending magnitude
+        else:  # everything is sent, in index order (no sort)
+            assert row_i.tolist() == list(range(16))
 
 
 def test_compress_flattens_chunks_of_encoded_nd_tensors():
@@ -87,13 +102,39 @@ def test_compress_flattens_chunks_of_encoded_nd_tensors():
     assert torch.equal(val, coded.flatten(-2).gather(-1, idx))
 
 
-@pytest.mark.parametrize(("n1", "n2", "k"), [(64, 64, 4), (64, 64, 1), (16, 32, 16), (4, 64, 6)])
-def test_batched_topk_matches_plain_topk(n1, n2, k):
-    coeffs = torch.randn(37, n1, n2, generator=gen(n1 + k))
-    idx, val = topk_batch(coeffs, k, work=torch.empty(coeffs.numel() + 5))
-    ref_idx, ref_val = topk_chunks(coeffs.reshape(37, -1), k)
+@pytest.mark.parametrize(
+    ("n1", "n2", "k"), [(64, 64, 4), (64, 64, 1), (16, 32, 16), (4, 64, 6), (8, 8, 64)]
+)
+def test_row_major_topk_matches_plain_topk(n1, n2, k):
+    """topk_rows on encode_rows' layout (3 x 5 chunks) picks what topk_chunks picks on the
+    chunk-major copy, through the row-maxima route for large chunks."""
+    coeffs = torch.randn(3 * n1, 5 * n2, generator=gen(n1 + k))
+    chunk_major = coeffs.view(3, n1, 5, n2).transpose(1, 2).reshape(15, n1 * n2)
+    idx, val = topk_rows(coeffs, n1, n2, k, work=torch.empty(coeffs.numel() + 5))
+    ref_idx, ref_val = topk_chunks(chunk_major, k)
     assert torch.equal(idx, ref_idx)
     assert torch.equal(val, ref_val)
+
+
+@pytest.mark.parametrize("k", [1, 4, 16])
+def test_bf16_selection_matches_the_exact_top_k(k):
+    """--distro-bf16-select: on momentum-like data, with the 4x4 golden input as the largest
+    coefficients of one chunk, the chosen indices are the exact ones and the values agree to
+    float32 rounding."""
+    g = torch.Generator().manual_seed(k)
+    x = torch.zeros(3 * 64, 4 * 64)
+    for _ in range(5):
+        x.mul_(0.9).add_(torch.randn(x.shape, generator=g))
+    golden = torch.zeros(x.shape)
+    golden[:4, :4] = RANDOM_4X4 * 100  # chunk 0's largest coefficients: the golden 4x4 input
+    x += decode_rows(golden, 64, 64)
+    assert bf16_select_applies(64, 64, k)
+    idx, val = topk_rows_bf16(x, 64, 64, k)
+    ref_idx, ref_val = topk_rows(encode_rows(x, 64, 64), 64, 64, k)
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(val, ref_val, atol=1e-4, rtol=1e-5)
+    assert not bf16_select_applies(4, 4, 2)  # small chunks: the exact route
+    assert not bf16_select_applies(64, 64, 40)  # k close to the chunk rows: exact route
 
 
 def test_full_topk_is_lossless():
@@ -239,6 +280,38 @@ def test_sparse_aggregate_equals_dense_reference(peers, shape, chunk, k):
         grid.chunk_view(reference),
         atol=1e-12,
         rtol=0,
+    )
+
+
+@pytest.mark.parametrize("peers", [1, 2, 3])
+@pytest.mark.parametrize(("shape", "chunk", "k"), [((8, 12), 4, 16), ((96, 40), 64, 40)])
+def test_dense_aggregate_equals_sparse_aggregate(peers, shape, chunk, k):
+    """The dense scatter-mean (used above 32 coefficients per chunk) gives the pairwise one's
+    numbers, in the row-major coefficient layout."""
+    grid = ChunkGrid.for_shape(shape, chunk)
+    parts = []
+    for rank in range(peers):
+        coeffs = torch.randn(grid.num_chunks, grid.chunk_numel, generator=gen(rank + 20))
+        coeffs[:, :3] += 3.0  # overlapping picks
+        parts.append(topk_chunks(coeffs.double(), k))
+    idx = torch.cat([i for i, _ in parts], -1)
+    val = torch.cat([v for _, v in parts], -1)
+    dense = scatter_mean_dense(idx, val, peers, grid)
+    reference = decompress(idx, val, (grid.num_chunks, grid.chunk_numel))
+    expected = from_chunks(reference.view(-1, grid.n1, grid.n2), grid)
+    torch.testing.assert_close(dense.view(grid.shape), expected, atol=1e-12, rtol=0)
+    sparse_idx, weight = scatter_mean_sparse(idx, val)
+    picked = row_major_index(sparse_idx, grid)
+    real = weight != 0  # shorter rows are padded with weight 0
+    torch.testing.assert_close(dense.view(-1)[picked][real], weight[real], atol=1e-12, rtol=0)
+
+
+def test_dense_aggregate_of_identical_peers_is_exactly_one_peer():
+    grid = ChunkGrid.for_shape((16, 16), 4)
+    idx, val = topk_chunks(torch.randn(16, 16, generator=gen(5)), 7)
+    one = scatter_mean_dense(idx, val, 1, grid)
+    assert torch.equal(
+        one, scatter_mean_dense(torch.cat([idx] * 3, -1), torch.cat([val] * 3, -1), 3, grid)
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -14,9 +15,11 @@ from psyche_distro.dct import (
     dct_basis,
     decode,
     decode_chunks,
+    decode_rows,
     divisors,
     encode,
     encode_chunks,
+    encode_rows,
     idct_basis,
     smaller_split,
 )
@@ -172,15 +175,28 @@ def test_linearity():
 
 
 @pytest.mark.parametrize(("shape", "chunk"), SHAPES)
-@pytest.mark.parametrize("max_chunks", [1, 3, 1000])
-def test_blocks_cover_every_chunk_once(shape, chunk, max_chunks):
+@pytest.mark.parametrize("max_elements", [1, 300, 10**6])
+def test_row_blocks_cover_every_chunk_once(shape, chunk, max_elements):
     grid = ChunkGrid.for_shape(shape, chunk)
-    x = torch.arange(math.prod(shape), dtype=torch.float64).reshape(shape)
-    view = grid.chunk_view(x)
-    seen = []
-    for blk in grid.blocks(max_chunks):
-        assert blk.stop - blk.start <= max(max_chunks, 1)
-        seen.extend(range(blk.start, blk.stop))
-        flat = view.reshape(grid.num_chunks, grid.n1, grid.n2)[blk.start : blk.stop]
-        assert torch.equal(blk.of(view).reshape(flat.shape), flat)
-    assert seen == list(range(grid.num_chunks))
+    blocks = grid.row_blocks(max_elements)
+    assert blocks[0][0] == 0 and blocks[-1][1] == grid.lead
+    for (_, stop), (start, _) in itertools.pairwise(blocks):
+        assert stop == start  # consecutive, no gap, no overlap
+    for l0, l1 in blocks:
+        assert l1 > l0
+        assert (l1 - l0) * grid.n1 * grid.width <= max_elements or l1 - l0 == 1
+
+
+@pytest.mark.parametrize(("shape", "chunk"), SHAPES)
+def test_encode_rows_blockwise_equals_whole_tensor(shape, chunk):
+    """A block of grid rows encodes as it does inside the whole tensor (up to the rounding of
+    a matrix product, which may depend on its row count)."""
+    grid = ChunkGrid.for_shape(shape, chunk)
+    x = torch.randn(grid.rows, grid.width, generator=torch.Generator().manual_seed(3))
+    whole = encode_rows(x, grid.n1, grid.n2)
+    for l0, l1 in grid.row_blocks(2 * grid.n1 * grid.width):
+        rows = slice(l0 * grid.n1, l1 * grid.n1)
+        torch.testing.assert_close(
+            encode_rows(x[rows], grid.n1, grid.n2), whole[rows], atol=1e-6, rtol=0
+        )
+    torch.testing.assert_close(decode_rows(whole, grid.n1, grid.n2), x, atol=1e-5, rtol=0)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import psyche_distro.groups as groups_module
 from psyche_core.comm import LocalGroup, run_local_peers
 from psyche_core.errors import PsycheError
 from psyche_core.options import Options
@@ -261,6 +262,108 @@ def test_two_peers_apply_the_scatter_mean_of_both_results():
             torch.testing.assert_close(params[name][clear], expected[clear], atol=1e-15, rtol=0)
 
 
+class Wide(nn.Module):
+    """One parameter of 2 x 3 chunks of 64 x 64 and a vector of 2 chunks of 64."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.weight = nn.Parameter(torch.randn(128, 192, generator=g, dtype=torch.float64))
+        self.bias = nn.Parameter(torch.randn(128, generator=g, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("mode", ["psyche", "sync"])
+@pytest.mark.parametrize(("chunk", "topk"), [(64, 40), (8, FULL)])
+def test_dense_and_sparse_decoding_agree(mode, chunk, topk, monkeypatch):
+    """Above 32 coefficients per chunk the aggregate and this peer's sent part are decoded
+    densely (no cliff in k; with every coefficient sent, without reading indices); forcing the
+    sparse route gives the same training."""
+
+    def run() -> list[dict[str, torch.Tensor]]:
+        def peer(comm):
+            model = Wide()
+            opt = DistroOptimizer(model, chunk=chunk, topk=topk, decay=0.9, mode=mode)
+            train(model, opt, range(1, 5), fixed_grads(seed=comm.rank), communicator=comm)
+            return {**params_of(model), **{f"delta.{n}": d for n, d in opt.delta.items()}}
+
+        return run_local_peers(2, peer, timeout=60)
+
+    dense = run()
+    monkeypatch.setattr(groups_module, "_SPARSE_MAX", 10**9)
+    sparse = run()
+    for a, b in zip(dense, sparse):
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], atol=1e-12, rtol=0)
+    assert not torch.equal(dense[0]["weight"], Wide().weight)
+
+
+class Layers(nn.Module):
+    """Small parameters sharing chunk layouts (stacked into groups), interleaved with others,
+    and one without a gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        for i in range(3):
+            setattr(self, f"a{i}", nn.Parameter(torch.randn(8, 12, generator=g).double()))
+            setattr(self, f"b{i}", nn.Parameter(torch.randn(12, generator=g).double()))
+            setattr(self, f"c{i}", nn.Parameter(torch.randn(4, 12, generator=g).double()))
+        self.frozen_grad = nn.Parameter(torch.randn(16, 12, generator=g).double())
+
+
+def layers_grads(model: nn.Module, step: int) -> None:
+    fixed_grads(seed=step)(model, step)
+    model.frozen_grad.grad = None  # a parameter whose gradient is missing this step
+
+
+@pytest.mark.parametrize("mode", ["psyche", "sync"])
+def test_stacked_groups_equal_one_parameter_at_a_time(mode, monkeypatch):
+    """Small parameters of one chunk layout are processed as one stacked group; the payload,
+    delta and weights are those of processing each parameter on its own."""
+
+    def run(peers_payloads: list) -> tuple[dict, dict]:
+        model = Layers()
+        opt = distro(model, topk=3, mode=mode, weight_decay=0.1)
+        comm = LocalGroup(1).communicator(0)
+        for step in range(1, 5):
+            ctx = context(step, comm)
+            opt.prepare_step(ctx)
+            layers_grads(model, step)
+            opt.step(ctx)
+            peers_payloads.append(opt.state_dict()["own_idx"])
+        return params_of(model), opt.state_dict()
+
+    stacked_idx, single_idx = [], []
+    stacked = run(stacked_idx)
+    assert len(distro(Layers())._groups) == 2  # the 4 x 4-chunk matrices; the vectors
+    monkeypatch.setattr(groups_module, "_STACK_MAX", 0)
+    single = run(single_idx)
+    for a, b in zip(stacked_idx, single_idx):
+        assert_same(a, b)
+    for name in stacked[0]:
+        torch.testing.assert_close(stacked[0][name], single[0][name], atol=1e-12, rtol=0)
+        torch.testing.assert_close(
+            stacked[1]["delta"][name], single[1]["delta"][name], atol=1e-12, rtol=0
+        )
+
+
+def test_bf16_selection_trains_like_the_exact_selection():
+    """--distro-bf16-select on a model with 64 x 64 chunks sends the same indices as the exact
+    route here and values equal to float32 rounding."""
+    results = {}
+    for bf16 in (False, True):
+        model = Wide().float()
+        opt = DistroOptimizer(model, chunk=64, topk=4, decay=0.9, bf16_select=bf16)
+        train(model, opt, range(1, 4), fixed_grads(seed=1))
+        results[bf16] = (params_of(model), opt.state_dict())
+    (p_exact, s_exact), (p_bf16, s_bf16) = results[False], results[True]
+    for name in s_exact["own_idx"]:
+        assert torch.equal(s_exact["own_idx"][name], s_bf16["own_idx"][name])
+        torch.testing.assert_close(s_exact["own_val"][name], s_bf16["own_val"][name])
+    for name in p_exact:
+        torch.testing.assert_close(p_exact[name], p_bf16[name])
+
+
 def test_peers_with_other_options_are_refused():
     def peer(comm):
         model = Tiny()
@@ -395,6 +498,7 @@ def options(**changes) -> Options:
         "compression_decay": 0.999,
         "distro_quantization": False,
         "distro_mode": "psyche",
+        "distro_bf16_select": False,
         "weight_decay": 0.1,
     }
     return Options({**values, **changes})
@@ -403,8 +507,9 @@ def options(**changes) -> Options:
 def test_build_distro_reads_the_options():
     opt = build_distro(Tiny(), options(compression_chunk=4, compression_topk=3, distro_mode="sync"))
     assert (opt.chunk, opt.topk, opt.decay, opt.weight_decay) == (4, 3, 0.999, 0.1)
-    assert opt.mode == "sync" and not opt.quantize_1bit
+    assert opt.mode == "sync" and not opt.quantize_1bit and not opt.bf16_select
     assert opt.averages_gradients is False
+    assert build_distro(Tiny(), options(distro_bf16_select=True)).bf16_select
 
 
 @pytest.mark.parametrize(

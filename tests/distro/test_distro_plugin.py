@@ -31,6 +31,7 @@ def test_plugin_registers_the_distro_optimizer():
         "compression-topk",
         "compression-decay",
         "distro-quantization",
+        "distro-bf16-select",
         "distro-mode",
     ]
     assert (options["distro"].type, options["distro"].default) == (bool, False)
@@ -40,6 +41,10 @@ def test_plugin_registers_the_distro_optimizer():
     assert options["compression-decay"].type is float
     assert options["compression-decay"].default == 0.999
     assert (options["distro-quantization"].type, options["distro-quantization"].default) == (
+        bool,
+        False,
+    )
+    assert (options["distro-bf16-select"].type, options["distro-bf16-select"].default) == (
         bool,
         False,
     )
@@ -89,3 +94,19 @@ def test_optimizer_from_the_registry_trains_a_module():
         opt.step(ctx)
         opt.zero_grad()
     assert not torch.equal(model.weight, before)
+
+
+def test_presets_are_valid_option_sets():
+    """Every preset names declared options only (or the core --weight-decay) and builds."""
+    import psyche_distro.plugin as plugin
+    from psyche_core.options import Options
+    from psyche_distro.optimizer import build_distro
+    from psyche_distro.presets import PRESETS
+    from tests.distro.distro_helpers import Tiny
+
+    declared = {spec.key for spec in plugin.OPTIONS} | {"weight_decay"}
+    defaults = {spec.key: spec.default for spec in plugin.OPTIONS} | {"weight_decay": 0.1}
+    for name, values in PRESETS.items():
+        assert set(values) <= declared, name
+        opt = build_distro(Tiny(), Options({**defaults, **values}))
+        assert (opt.topk, opt.mode) == (values["compression_topk"], values["distro_mode"])

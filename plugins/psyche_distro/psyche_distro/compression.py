@@ -12,9 +12,11 @@ Semantics follow Psyche (``shared/modeling/src/distro.rs``):
   selected it; nobody's choice stays 0 (not a sum, not a division by the peer count).
 
 :func:`compress`, :func:`decompress` and :func:`batch_decompress` are the dense reference
-forms (Psyche's API, used for golden values). The optimizer uses :func:`topk_batch` and the
+forms (Psyche's API, used for golden values). The optimizer uses :func:`topk_rows` (or
+:func:`topk_rows_bf16`) on the row-major transform and, for few coefficients per chunk, the
 sparse forms :func:`scatter_mean_sparse` + :func:`sparse_factors` (as in :func:`decode_sparse`),
-which never build the dense coefficient tensor and give the same numbers up to rounding.
+which never build the dense coefficient tensor, else :func:`scatter_mean_dense`; all give the
+reference's numbers up to rounding.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sys
 
 import torch
 
-from psyche_distro.dct import ChunkGrid, basis_rows
+from psyche_distro.dct import ChunkGrid, basis_rows, encode_rows
 
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
@@ -37,7 +39,11 @@ def clamp_topk(k: int, total: int) -> int:
 def topk_chunks(coeffs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of ``coeffs`` (one chunk per row, any leading dims): the indices (int64) and
     signed values of the ``clamp(k, 1, T)`` largest magnitudes, by descending magnitude."""
-    k = clamp_topk(k, coeffs.shape[-1])
+    total = coeffs.shape[-1]
+    k = clamp_topk(k, total)
+    if k == total:  # everything is sent: in index order (a sort would cost more than the rest)
+        idx = torch.arange(total, device=coeffs.device).expand(coeffs.shape).contiguous()
+        return idx, coeffs.clone()
     idx = coeffs.abs().topk(k, dim=-1, largest=True, sorted=True).indices
     return idx, coeffs.gather(-1, idx)
 
@@ -46,29 +52,88 @@ def topk_chunks(coeffs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
 _GROUPED_TOPK_MIN = 256
 
 
-def topk_batch(
-    coeffs: torch.Tensor, k: int, work: torch.Tensor | None = None
+def topk_rows(
+    coeffs: torch.Tensor, n1: int, n2: int, k: int, work: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`topk_chunks` for a batch of chunks ``(B, n1, n2)``; indices are ``b * n2 + d``.
-
-    For large chunks it looks only at the ``k'`` rows with the largest maxima: every other
-    coefficient is at most the smallest of those ``k'`` maxima, so the kept magnitudes are the
-    same as a full top-k (only the choice among exactly equal magnitudes may differ).
-    ``work``: an optional buffer of ``B * n1 * n2`` elements for the magnitudes.
-    """
-    batch, n1, n2 = coeffs.shape
-    k = clamp_topk(k, n1 * n2)
-    flat = coeffs.view(batch, n1 * n2)
-    if n1 < k or n1 * n2 < _GROUPED_TOPK_MIN:
+    """:func:`topk_chunks` for coefficients in :func:`~psyche_distro.dct.encode_rows`' row-major
+    layout ``(Y*n1, X*n2)``: ``(Y*X, k')`` indices ``b * n2 + d`` and signed values, chunks
+    in row-major grid order. Large chunks go through the rows' maxima (the magnitudes are never
+    stored); small chunks, or ``k' >= n1``, copy the block to
+    chunk-major order for a plain top-k (``work``: an optional buffer for that copy)."""
+    rows, width = coeffs.shape
+    ylen, xlen, total = rows // n1, width // n2, n1 * n2
+    k = clamp_topk(k, total)
+    grid4 = coeffs.view(ylen, n1, xlen, n2)
+    chunks = ylen * xlen
+    if n1 < k or total < _GROUPED_TOPK_MIN or k == total:
+        if work is not None:
+            work = work[: coeffs.numel()].view(ylen, xlen, n1, n2)
+            flat = work.copy_(grid4.transpose(1, 2)).view(chunks, total)
+        else:
+            flat = grid4.transpose(1, 2).reshape(chunks, total)
         return topk_chunks(flat, k)
-    if work is not None:
-        work = work[: coeffs.numel()].view(batch, n1, n2)
-    mag = torch.abs(coeffs, out=work)
-    rows = mag.amax(-1).topk(k, dim=-1, largest=True, sorted=False).indices  # (B, k)
-    candidates = mag.gather(1, rows.unsqueeze(-1).expand(batch, k, n2)).view(batch, k * n2)
-    pos = candidates.topk(k, dim=-1, largest=True, sorted=True).indices
-    idx = rows.gather(1, torch.div(pos, n2, rounding_mode="floor")) * n2 + pos.remainder(n2)
-    return idx, flat.gather(1, idx)
+    # (Y, n1, X): max |c| per chunk row, as max(max c, -min c) so |c| is never stored
+    peak = torch.maximum(grid4.amax(-1), grid4.amin(-1).neg_())
+    best = peak.transpose(1, 2).topk(k, dim=-1, largest=True, sorted=False).indices  # (Y, X, k)
+    # those rows of every chunk, (Y, X, k, n2)
+    rows = best.unsqueeze(-1).expand(ylen, xlen, k, n2)
+    candidates = grid4.transpose(1, 2).gather(2, rows).view(chunks, k * n2)
+    pos = candidates.abs().topk(k, dim=-1, largest=True, sorted=True).indices
+    best = best.view(chunks, k)
+    idx = best.gather(1, torch.div(pos, n2, rounding_mode="floor")) * n2 + pos.remainder(n2)
+    return idx, candidates.gather(1, pos)
+
+
+def bf16_select_applies(n1: int, n2: int, k: int) -> bool:
+    """Whether :func:`topk_rows_bf16` selects from a bfloat16 transform for these chunks (large
+    chunks with few coefficients kept); otherwise it is :func:`topk_rows` of the exact one."""
+    k = clamp_topk(k, n1 * n2)
+    return n1 * n2 >= _GROUPED_TOPK_MIN and n1 >= _BF16_OVERSAMPLE * k
+
+
+# bf16 selection keeps this many times k candidates, then ranks them by their exact values.
+_BF16_OVERSAMPLE = 2
+
+
+def topk_rows_bf16(
+    x: torch.Tensor,
+    n1: int,
+    n2: int,
+    k: int,
+    buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`topk_rows` of ``encode_rows(x)`` (``x`` in parameter space, ``(Y*n1, X*n2)``),
+    choosing the indices from a bfloat16 transform: ``2k`` candidates per chunk by their
+    bfloat16 magnitudes, their values computed in ``x``'s dtype (one rank-``2k`` product per
+    chunk), and the ``k`` largest of those kept, by descending magnitude. The values are the
+    float32 transform's up to float32 rounding; the indices differ from the exact top-k only
+    where a coefficient outside the 2k bfloat16 candidates is among the exact k largest
+    (magnitudes within bfloat16 rounding of each other). Used only where
+    :func:`bf16_select_applies`. ``buffers``: three optional scratch tensors of ``x``'s dtype
+    and at least ``x.numel()`` elements (fresh large allocations cost page faults)."""
+    k = clamp_topk(k, n1 * n2)
+    rows, width = x.shape
+    ylen, xlen, numel = rows // n1, width // n2, x.numel()
+    if buffers is None:
+        buffers = tuple(torch.empty(numel, dtype=x.dtype, device=x.device) for _ in range(3))
+    first, second, third = (b.view(-1)[:numel] for b in buffers)
+    halves = first.view(torch.bfloat16)  # a float32 buffer holds two bf16 ones
+    low = halves[:numel].view(rows, width).copy_(x)
+    approx = encode_rows(
+        low, n1, n2, work=halves[numel : 2 * numel], out=second.view(torch.bfloat16)
+    )
+    # ranked in float32, where the reductions are faster than in bf16
+    approx = third.view(rows, width).copy_(approx)
+    candidates, _ = topk_rows(approx, n1, n2, _BF16_OVERSAMPLE * k)
+    # exact values of the candidates: f1[:, b]^T @ X_chunk @ f2[:, d]
+    chunks = first.view(ylen, xlen, n1, n2).copy_(x.view(ylen, n1, xlen, n2).transpose(1, 2))
+    chunks = chunks.view(ylen * xlen, n1, n2)
+    b, d = torch.div(candidates, n2, rounding_mode="floor"), candidates.remainder(n2)
+    right = basis_rows(n2, x.dtype, x.device)[d]  # (B, 2k, n2)
+    partial = torch.bmm(chunks, right.transpose(1, 2))  # (B, n1, 2k)
+    values = (partial.transpose(1, 2) * basis_rows(n1, x.dtype, x.device)[b]).sum(-1)
+    order = values.abs().topk(k, dim=-1, largest=True, sorted=True).indices
+    return candidates.gather(1, order), values.gather(1, order)
 
 
 def compress(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...], int]:
@@ -127,6 +192,9 @@ def pack_indices(idx: torch.Tensor, total: int) -> torch.Tensor:
     width = index_width(total)
     if width == 1:
         return idx.to(torch.uint8)
+    if _LITTLE_ENDIAN and width in (2, 4):  # the low bytes of each int32, without shifts
+        raw = idx.to(torch.int32).contiguous().view(torch.uint8).view(*idx.shape, 4)
+        return raw[..., :width].flatten(-2)
     shifts = torch.arange(0, 8 * width, 8, device=idx.device, dtype=torch.int64)
     parts = (idx.long().unsqueeze(-1) >> shifts) & 0xFF
     return parts.to(torch.uint8).flatten(-2)
@@ -137,6 +205,10 @@ def unpack_indices(packed: torch.Tensor, total: int) -> torch.Tensor:
     width = index_width(total)
     if width == 1:
         return packed.long()
+    if _LITTLE_ENDIAN and width in (2, 4):  # reinterpret, then drop the sign extension
+        fresh = torch.empty(packed.shape, dtype=torch.uint8, device=packed.device)
+        signed = fresh.copy_(packed).view(torch.int16 if width == 2 else torch.int32)
+        return signed.long() & ((1 << (8 * width)) - 1)
     parts = packed.long().unflatten(-1, (-1, width))
     shifts = torch.arange(0, 8 * width, 8, device=packed.device, dtype=torch.int64)
     return (parts << shifts).sum(-1)  # disjoint bits: the sum is an exact bitwise OR
@@ -229,6 +301,42 @@ def scatter_mean_sparse(idx: torch.Tensor, val: torch.Tensor) -> tuple[torch.Ten
         keep[start : start + block] = first.gather(-1, order)
     width = int(keep.sum(-1).max())
     return out_idx[:, :width], out_val[:, :width]
+
+
+def row_major_index(idx: torch.Tensor, grid: ChunkGrid, first_chunk: int = 0) -> torch.Tensor:
+    """Positions ``(chunks, m)`` within chunks ``first_chunk, first_chunk + 1, ...`` -> flat
+    indices into the tensor's row-major ``(rows, width)`` view."""
+    chunk = torch.arange(first_chunk, first_chunk + idx.shape[0], device=idx.device).view(-1, 1)
+    b, d = torch.div(idx, grid.n2, rounding_mode="floor"), idx.remainder(grid.n2)
+    row = torch.div(chunk, grid.cols, rounding_mode="floor") * grid.n1 + b
+    return row * grid.width + chunk.remainder(grid.cols) * grid.n2 + d
+
+
+def scatter_mean_dense(
+    idx: torch.Tensor, val: torch.Tensor, peers: int, grid: ChunkGrid
+) -> torch.Tensor:
+    """:func:`scatter_mean_sparse` into a dense row-major ``(rows, width)`` coefficient tensor,
+    for selections too large for pairwise comparison: ``idx`` and ``val`` are ``(chunks,
+    peers * k)`` (every peer's ``k`` positions per chunk, in rank order, unique per peer).
+    The same formula, ``v_first + sum(v - v_first) / count`` with the lowest rank's value
+    first; ``O(peers * chunks * k)`` and deterministic (CPU index_add runs in order)."""
+    chunks = idx.shape[0]
+    flat = row_major_index(idx, grid).view(chunks, peers, -1)
+    values = val.view(chunks, peers, -1)
+    first = torch.zeros(grid.rows * grid.width, dtype=val.dtype, device=val.device)
+    for rank in reversed(range(peers)):  # the lowest rank writes last
+        first[flat[:, rank].reshape(-1)] = values[:, rank].reshape(-1)
+    if peers == 1:
+        return first.view(grid.rows, grid.width)
+    total = torch.zeros_like(first)
+    count = torch.zeros_like(first)
+    ones = torch.ones(1, dtype=val.dtype, device=val.device)
+    for rank in range(peers):
+        where = flat[:, rank].reshape(-1)
+        total.index_add_(0, where, values[:, rank].reshape(-1) - first[where])
+        count.index_add_(0, where, ones.expand(where.numel()))
+    mean = first.add_(total.div_(count.clamp_(min=1)))
+    return mean.view(grid.rows, grid.width)
 
 
 def sparse_factors(

@@ -143,75 +143,66 @@ class ChunkGrid:
         ``[l, x]`` is chunk ``l * cols + x``. Writes go to ``x``."""
         return x.view(self.lead, self.n1, self.cols, self.n2).transpose(1, 2)
 
-    def blocks(self, max_chunks: int) -> list[Block]:
-        """Consecutive chunk ranges of at most ``max_chunks`` chunks (at least one), each a
-        rectangle of the chunk grid: whole grid rows, or part of one grid row."""
-        max_chunks = max(1, max_chunks)
-        if self.cols <= max_chunks:
-            step = max_chunks // self.cols
-            return [
-                Block(l0, min(self.lead, l0 + step), 0, self.cols, self.cols)
-                for l0 in range(0, self.lead, step)
-            ]
-        return [
-            Block(l0, l0 + 1, x0, min(self.cols, x0 + max_chunks), self.cols)
-            for l0 in range(self.lead)
-            for x0 in range(0, self.cols, max_chunks)
-        ]
-
-
-@dataclass(frozen=True)
-class Block:
-    """Grid rows ``l0:l1`` x grid columns ``x0:x1`` of a :class:`ChunkGrid`."""
-
-    l0: int
-    l1: int
-    x0: int
-    x1: int
-    grid_cols: int
+    @property
+    def rows(self) -> int:
+        """Rows of the tensor's row-major 2-D view ``(rows, width)`` (leading dims folded in)."""
+        return self.lead * self.n1
 
     @property
-    def start(self) -> int:
-        """First chunk index (chunks of a block are consecutive)."""
-        return self.l0 * self.grid_cols + self.x0
+    def width(self) -> int:
+        return self.cols * self.n2
 
-    @property
-    def stop(self) -> int:
-        return (self.l1 - 1) * self.grid_cols + self.x1
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return (self.l1 - self.l0, self.x1 - self.x0)
-
-    def of(self, chunk_view: torch.Tensor) -> torch.Tensor:
-        """This block of a ``(lead, cols, n1, n2)`` chunk view."""
-        return chunk_view[self.l0 : self.l1, self.x0 : self.x1]
+    def row_blocks(self, max_elements: int) -> list[tuple[int, int]]:
+        """Consecutive ranges ``[l0, l1)`` of chunk-grid rows holding at most ``max_elements``
+        elements (at least one grid row each). A block is rows ``l0*n1 .. l1*n1`` of the 2-D
+        view, so it is a contiguous slice of the tensor and of every tensor shaped like it."""
+        step = max(1, max_elements // (self.n1 * self.width))
+        return [(l0, min(self.lead, l0 + step)) for l0 in range(0, self.lead, step)]
 
 
-def encode_batch(
-    x: torch.Tensor, work: torch.Tensor | None = None, out: torch.Tensor | None = None
+def encode_rows(
+    x: torch.Tensor,
+    n1: int,
+    n2: int,
+    work: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """DCT of a batch of chunks ``x`` of shape ``(B, n1, n2)``: ``F1^T @ x[b] @ F2``, shape
-    ``(B, n1, n2)``. ``work`` (``B * n1 * n2`` elements) and ``out`` (``(B, n1, n2)``) are
-    optional preallocated buffers; with ``n1 = 1`` the result lives in ``work``."""
-    batch, n1, n2 = x.shape
+    """DCT of every ``n1 x n2`` chunk of a contiguous row-major ``(rows, width)`` tensor, in the
+    same layout: ``result[y*n1 + b, x*n2 + d]`` is coefficient ``(b, d)`` of chunk ``(y, x)``.
+    Two large matrix products (no chunk-major copy): ``x @ F2`` on rows of ``n2``, then
+    ``F1^T @`` each grid row. ``work`` and ``out``: optional buffers of ``x.numel()`` elements;
+    with ``n1 = 1`` the result lives in ``work``."""
+    rows, width = x.shape
     f2 = dct_basis(n2, x.dtype, x.device)
     if work is not None:
         work = work[: x.numel()].view(-1, n2)
-    t = torch.mm(x.reshape(-1, n2), f2, out=work)
+    t = torch.mm(x.view(-1, n2), f2, out=work)
     if n1 == 1:
-        return t.view(batch, 1, n2)
-    f1t = dct_basis(n1, x.dtype, x.device).T
-    return torch.matmul(f1t, t.view(batch, n1, n2), out=out)
+        return t.view(rows, width)
+    f1t = basis_rows(n1, x.dtype, x.device)
+    if out is not None:
+        out = out[: x.numel()].view(rows // n1, n1, width)
+    return torch.matmul(f1t, t.view(rows // n1, n1, width), out=out).view(rows, width)
 
 
-def decode_batch(coeffs: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`encode_batch`: ``F1 @ c[b] @ F2^T``."""
-    batch, n1, n2 = coeffs.shape
-    t = coeffs.reshape(-1, n2) @ dct_basis(n2, coeffs.dtype, coeffs.device).T
+def decode_rows(
+    coeffs: torch.Tensor,
+    n1: int,
+    n2: int,
+    work: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Inverse of :func:`encode_rows` (same layout and buffers)."""
+    rows, width = coeffs.shape
+    if work is not None:
+        work = work[: coeffs.numel()].view(-1, n2)
+    t = torch.mm(coeffs.reshape(-1, n2), basis_rows(n2, coeffs.dtype, coeffs.device), out=work)
     if n1 == 1:
-        return t.view(batch, 1, n2)
-    return torch.matmul(dct_basis(n1, coeffs.dtype, coeffs.device), t.view(batch, n1, n2))
+        return t.view(rows, width)
+    if out is not None:
+        out = out[: coeffs.numel()].view(rows // n1, n1, width)
+    f1 = dct_basis(n1, coeffs.dtype, coeffs.device)
+    return torch.matmul(f1, t.view(rows // n1, n1, width), out=out).view(rows, width)
 
 
 def to_chunks(x: torch.Tensor, grid: ChunkGrid) -> torch.Tensor:
@@ -227,14 +218,16 @@ def from_chunks(chunks: torch.Tensor, grid: ChunkGrid) -> torch.Tensor:
 
 
 def encode_chunks(x: torch.Tensor, grid: ChunkGrid) -> torch.Tensor:
-    """DCT of every chunk of ``x``, as ``(chunks, T)`` in chunk order (dtype of ``x``)."""
-    return encode_batch(to_chunks(x, grid)).reshape(grid.num_chunks, grid.chunk_numel)
+    """DCT of every chunk of ``x``, as ``(chunks, T)`` in chunk order (dtype of ``x``); the same
+    products as the optimizer's :func:`encode_rows`."""
+    coeffs = encode_rows(x.contiguous().view(grid.rows, grid.width), grid.n1, grid.n2)
+    return to_chunks(coeffs, grid).reshape(grid.num_chunks, grid.chunk_numel)
 
 
 def decode_chunks(coeffs: torch.Tensor, grid: ChunkGrid) -> torch.Tensor:
     """Inverse of :func:`encode_chunks`: ``(chunks, T)`` -> a tensor of ``grid.shape``."""
-    chunks = coeffs.reshape(grid.num_chunks, grid.n1, grid.n2)
-    return from_chunks(decode_batch(chunks), grid)
+    rows = from_chunks(coeffs.reshape(grid.num_chunks, grid.n1, grid.n2), grid)
+    return decode_rows(rows.view(grid.rows, grid.width), grid.n1, grid.n2).view(grid.shape)
 
 
 def encode(x: torch.Tensor, chunk: int) -> torch.Tensor:

@@ -29,7 +29,6 @@ all peers apply bit-identical updates and keep identical weights.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,42 +38,13 @@ from psyche_core.comm import Communicator
 from psyche_core.errors import PsycheError
 from psyche_core.optim import Optimizer, StepContext
 from psyche_core.options import Options
-from psyche_distro.compression import (
-    clamp_topk,
-    scatter_mean_sparse,
-    sparse_factors,
-    topk_batch,
-)
-from psyche_distro.dct import Block, ChunkGrid, encode_batch, from_chunks, to_chunks
+from psyche_distro.compression import clamp_topk
+from psyche_distro.dct import ChunkGrid
+from psyche_distro.groups import Group, Update, apply, build_groups, generate, lookahead
 from psyche_distro.payload import PayloadLayout
-from psyche_distro.plugin import MODES, OPTIONS
+from psyche_distro.plugin import MODES
 
 _STATE_FORMAT = 1
-# Elements per processing block: a block's tensors stay in cache from one operation to the next
-# and the scratch buffers stay small. A constant, so every peer computes in the same blocks.
-_BLOCK_ELEMENTS = 1 << 19
-
-Factors = tuple[torch.Tensor, torch.Tensor]  # sparse_factors(): (chunks, n1, K), (chunks, K, n2)
-
-
-@dataclass
-class _Slot:
-    """One parameter and its DisTrO state. ``delta`` is stored chunk-major,
-    ``(chunks, n1, n2)``, so every block of it is contiguous."""
-
-    name: str
-    param: nn.Parameter
-    grid: ChunkGrid
-    k: int
-    delta: torch.Tensor
-    blocks: list[Block]
-
-    def view(self, t: torch.Tensor) -> torch.Tensor:
-        """A tensor shaped like the parameter as a ``(lead, cols, n1, n2)`` chunk view."""
-        return self.grid.chunk_view(t)
-
-    def factors(self, idx: torch.Tensor, val: torch.Tensor) -> Factors:
-        return sparse_factors(idx, val, self.grid.n1, self.grid.n2)
 
 
 class DistroOptimizer(Optimizer):
@@ -89,6 +59,8 @@ class DistroOptimizer(Optimizer):
         weight_decay: decoupled weight decay, ``theta *= 1 - lr * weight_decay``.
         quantize_1bit: send sign bits instead of values (``--distro-quantization``).
         mode: ``"psyche"`` (pipelined) or ``"sync"`` (DeMo) (``--distro-mode``).
+        bf16_select: choose the top-k indices from a bfloat16 transform, values in float32
+            (``--distro-bf16-select``; see :func:`~psyche_distro.compression.topk_rows_bf16`).
     """
 
     averages_gradients = False
@@ -103,6 +75,7 @@ class DistroOptimizer(Optimizer):
         weight_decay: float = 0.0,
         quantize_1bit: bool = False,
         mode: str = "psyche",
+        bf16_select: bool = False,
     ) -> None:
         if isinstance(params, nn.Module):
             params = params.named_parameters()
@@ -123,35 +96,31 @@ class DistroOptimizer(Optimizer):
             bool(quantize_1bit),
             mode,
         )
+        self.bf16_select = bool(bf16_select)
 
-        self._slots: list[_Slot] = []
+        params: list[tuple[str, nn.Parameter, ChunkGrid]] = []
         for name, p in self.named_params:
             if p.numel() == 0:
                 continue  # nothing to send or update
             if not p.is_contiguous():
                 raise PsycheError(f"DisTrO needs contiguous parameters; {name!r} is not")
-            grid = ChunkGrid.for_shape(tuple(p.shape), self.chunk)
-            state_dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
-            delta = torch.zeros(
-                (grid.num_chunks, grid.n1, grid.n2), dtype=state_dtype, device=p.device
-            )
-            k = clamp_topk(self.topk, grid.chunk_numel)
-            blocks = grid.blocks(_BLOCK_ELEMENTS // grid.chunk_numel)
-            self._slots.append(_Slot(name, p, grid, k, delta, blocks))
+            params.append((name, p, ChunkGrid.for_shape(tuple(p.shape), self.chunk)))
+        self._names = [name for name, _, _ in params]
+        self._params = [p for _, p, _ in params]
         self.layout = PayloadLayout(
-            [(s.grid, s.k, s.param.dtype) for s in self._slots], one_bit=self.quantize_1bit
+            [(grid, clamp_topk(self.topk, grid.chunk_numel), p.dtype) for _, p, grid in params],
+            one_bit=self.quantize_1bit,
         )
-        self._numel = sum(s.param.numel() for s in self._slots)
-        # This peer's last sent result, unquantized, subtracted from delta at the next step.
+        self._groups: list[Group] = build_groups(params, self.topk, self.bf16_select)
+        self._numel = sum(p.numel() for p in self._params)
+        # This peer's last sent result per group, unquantized, subtracted from delta next step.
         self._own: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         # psyche mode: every peer's payload of the last step, applied at the next step.
         self._pending: torch.Tensor | None = None
         self._snapshot: list[torch.Tensor] | None = None
         self._lookahead = False
         self._peers_checked = False
-        self._scratch: dict[
-            tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]
-        ] = {}
+        self._scratch: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, ...]] = {}
 
     # -- public views ---------------------------------------------------------------------------
 
@@ -165,29 +134,22 @@ class DistroOptimizer(Optimizer):
         """Copies of the momentum tensors by parameter name, shaped like the parameters. Between
         steps this is delta as compressed at the last step: the part this peer sent is
         subtracted at the start of the next step (in both modes)."""
-        return {s.name: from_chunks(s.delta, s.grid).clone() for s in self._slots}
+        return {m.name: g.delta_of(m).clone() for g in self._groups for m in g.members}
 
     # -- the step -------------------------------------------------------------------------------
 
     @torch.no_grad()
     def prepare_step(self, ctx: StepContext) -> None:
         """psyche mode: move the weights to where the pending update will roughly put them,
-        ``theta -= prev_lr * sign(delta)``; :meth:`step` or :meth:`abort_step` restore them."""
+        ``theta -= prev_lr * sign(delta)``; :meth:`step` or :meth:`abort_step` restore them.
+        One pass, block by block: copy the weights aside, then write the moved weights."""
         self._restore()
         if self.mode != "psyche" or self._pending is None or ctx.prev_lr == 0:
             return
         if self._snapshot is None:
-            self._snapshot = [torch.empty_like(s.param) for s in self._slots]
-        for slot, saved in zip(self._slots, self._snapshot):
-            work, _ = self._work(slot)
-            pv, sv = slot.view(slot.param.detach()), slot.view(saved)
-            for blk in slot.blocks:
-                pb, sb = blk.of(pv), blk.of(sv)
-                sb.copy_(pb)
-                sign = torch.sign(
-                    slot.delta[blk.start : blk.stop], out=self._buffer(work, slot, blk)
-                )
-                torch.add(sb, sign.view(pb.shape), alpha=-ctx.prev_lr, out=pb)
+            self._snapshot = [torch.empty_like(g.delta, dtype=g.dtype) for g in self._groups]
+        for group, saved in zip(self._groups, self._snapshot):
+            lookahead(group, saved, ctx.prev_lr, self._work(group)[0])
         self._lookahead = True
 
     def abort_step(self, ctx: StepContext) -> None:
@@ -200,29 +162,35 @@ class DistroOptimizer(Optimizer):
         pending = self._aggregate(self._pending) if self._pending is not None else None
         restore = self._snapshot if self._lookahead else None  # undone block by block below
         self._lookahead = False
+        if stats:
+            for name, p in zip(self._names, self._params):
+                metrics[f"{name}.grad_energy"] = _l1(p.grad) if p.grad is not None else 0.0
         own_results: list[tuple[torch.Tensor, torch.Tensor]] = []
-        wire: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for i, slot in enumerate(self._slots):
+        wire: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self._params)
+        for i, group in enumerate(self._groups):
             own = self._own[i] if self._own is not None else None
-            idx, val, energies = self._generate(
-                slot,
+            idx, val = generate(
+                group,
                 lr,
+                self.weight_decay,
+                self.decay,
                 saved=restore[i] if restore is not None else None,
-                own=slot.factors(*own) if own is not None else None,
+                own=Update(group, *own, peers=1) if own is not None else None,
                 update=pending[i] if pending is not None else None,
-                stats=stats,
+                buffers=self._work(group),
             )
-            if stats:
-                metrics[f"{slot.name}.grad_energy"], metrics[f"{slot.name}.delta_energy"] = energies
-            val = val.to(slot.param.dtype)  # the values as every peer will see them (unless 1-bit)
-            wire.append((idx, val))
-            own_results.append((idx, val.to(slot.delta.dtype)))
+            val = val.to(group.dtype)  # the values as every peer will see them (unless 1-bit)
+            for m in group.members:
+                wire[m.position] = (idx[m.chunks], val[m.chunks])
+                if stats:
+                    metrics[f"{m.name}.delta_energy"] = _l1(group.delta_of(m))
+            own_results.append((idx, val.to(group.delta.dtype)))
         self._own = own_results
 
         gathered = self._exchange(ctx.communicator, self.layout.serialize(wire))
         if self.mode == "sync":
-            for slot, update in zip(self._slots, self._aggregate(gathered)):
-                self._apply(slot, update, lr)
+            for group, update in zip(self._groups, self._aggregate(gathered)):
+                apply(group, update, lr, self._work(group))
         else:
             self._pending = gathered
 
@@ -233,110 +201,40 @@ class DistroOptimizer(Optimizer):
             metrics["distro_compression_ratio"] = 4.0 * self._numel / max(self.layout.nbytes, 1)
         return metrics
 
-    def _generate(
-        self,
-        slot: _Slot,
-        lr: float,
-        saved: torch.Tensor | None,
-        own: Factors | None,
-        update: Factors | None,
-        stats: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float]]:
-        """One parameter's step, block by block (every operation is local to a chunk):
-        undo the lookahead, weight decay, ``delta = decay * (delta - own) + lr * grad``, top-k
-        of its DCT, and in psyche mode the pending update. Returns ``(idx, val)`` of this step's
-        result, ``(chunks, k')``, and the L1 energies of the gradient and of delta."""
-        p, grad = slot.param.detach(), slot.param.grad
-        pv, gv = slot.view(p), slot.view(grad) if grad is not None else None
-        sv = slot.view(saved) if saved is not None else None
-        shrink = 1.0 - lr * self.weight_decay
-        beta = self.decay
-        work, spare = self._work(slot)
-        idx = torch.empty((slot.grid.num_chunks, slot.k), dtype=torch.int64, device=p.device)
-        val = torch.empty((slot.grid.num_chunks, slot.k), dtype=slot.delta.dtype, device=p.device)
-        grad_energy = _l1(grad) if stats and grad is not None else 0.0
-        delta_energy = 0.0
-        for blk in slot.blocks:
-            pb = blk.of(pv)
-            if sv is not None:  # exact undo of the lookahead, fused with the weight decay
-                if shrink != 1.0:
-                    torch.mul(blk.of(sv), shrink, out=pb)
-                else:
-                    pb.copy_(blk.of(sv))
-            elif shrink != 1.0:
-                pb.mul_(shrink)
-            d = slot.delta[blk.start : blk.stop]  # (B, n1, n2)
-            if own is not None:  # error feedback, deferred from the last step: decay * (d - own)
-                left, right = own[0][blk.start : blk.stop], own[1][blk.start : blk.stop]
-                d.baddbmm_(left, right, beta=beta, alpha=-beta)
-            elif beta != 1.0:
-                d.mul_(beta)
-            if gv is not None:
-                d.view(*blk.size, slot.grid.n1, slot.grid.n2).add_(blk.of(gv), alpha=lr)
-            if stats:
-                delta_energy += _l1(d)
-            coeffs = encode_batch(d, work=work, out=self._buffer(spare, slot, blk, d.shape))
-            magnitude_work = spare if coeffs.data_ptr() == work.data_ptr() else work
-            idx[blk.start : blk.stop], val[blk.start : blk.stop] = topk_batch(
-                coeffs, slot.k, work=magnitude_work
-            )
-            if update is not None:  # psyche mode: last step's aggregate
-                self._apply_block(slot, update, blk, pb, lr, work)
-        return idx, val, (grad_energy, delta_energy)
+    def _aggregate(self, payloads: torch.Tensor) -> list[Update]:
+        """Every group's scatter-mean over the peers' payloads, ready to decode."""
+        dtypes = [g.delta.dtype for g in self._groups for _ in g.members]
+        devices = [g.delta.device for g in self._groups for _ in g.members]
+        order = [m.position for g in self._groups for m in g.members]
+        by_position = dict(zip(order, zip(dtypes, devices)))
+        parsed = self.layout.parse(
+            payloads,
+            [by_position[i][0] for i in range(len(order))],
+            [by_position[i][1] for i in range(len(order))],
+        )
+        peers = payloads.shape[0]
+        updates = []
+        for group in self._groups:
+            parts = [parsed[m.position] for m in group.members]
+            idx = torch.cat([i for i, _ in parts]) if group.stacked else parts[0][0]
+            val = torch.cat([v for _, v in parts]) if group.stacked else parts[0][1]
+            updates.append(Update(group, idx, val, peers))
+        return updates
 
-    def _apply(self, slot: _Slot, update: Factors, lr: float) -> None:
-        """``theta -= lr * sign(update)`` for one parameter, block by block."""
-        work, _ = self._work(slot)
-        pv = slot.view(slot.param.detach())
-        for blk in slot.blocks:
-            self._apply_block(slot, update, blk, blk.of(pv), lr, work)
-
-    def _apply_block(
-        self,
-        slot: _Slot,
-        update: Factors,
-        blk: Block,
-        pb: torch.Tensor,
-        lr: float,
-        work: torch.Tensor,
-    ) -> None:
-        left, right = update[0][blk.start : blk.stop], update[1][blk.start : blk.stop]
-        decoded = torch.bmm(left, right, out=self._buffer(work, slot, blk, None))
-        pb.add_(decoded.sign_().view(pb.shape), alpha=-lr)
-
-    def _aggregate(self, payloads: torch.Tensor) -> list[Factors]:
-        """Every parameter's scatter-mean over the peers' payloads, as sparse-decode factors."""
-        dtypes = [s.delta.dtype for s in self._slots]
-        devices = [s.delta.device for s in self._slots]
-        parsed = self.layout.parse(payloads, dtypes, devices)
-        return [
-            slot.factors(*scatter_mean_sparse(idx, val))
-            for slot, (idx, val) in zip(self._slots, parsed)
-        ]
-
-    def _work(self, slot: _Slot) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two scratch buffers big enough for any block, per device and dtype."""
-        key = (slot.delta.device, slot.delta.dtype)
+    def _work(self, group: Group) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Three scratch buffers big enough for any block, per device and dtype."""
+        key = (group.delta.device, group.delta.dtype)
         if key not in self._scratch:
             size = max(
-                max(b.stop - b.start for b in s.blocks) * s.grid.chunk_numel
-                for s in self._slots
-                if (s.delta.device, s.delta.dtype) == key
+                (l1 - l0) * g.grid.n1 * g.grid.width
+                for g in self._groups
+                if (g.delta.device, g.delta.dtype) == key
+                for l0, l1 in g.blocks
             )
             self._scratch[key] = tuple(
-                torch.empty(size, dtype=key[1], device=key[0]) for _ in range(2)
+                torch.empty(size, dtype=key[1], device=key[0]) for _ in range(3)
             )
         return self._scratch[key]
-
-    @staticmethod
-    def _buffer(
-        work: torch.Tensor, slot: _Slot, blk: Block, shape: tuple[int, ...] | None = None
-    ) -> torch.Tensor:
-        chunks = blk.stop - blk.start
-        view = work[: chunks * slot.grid.chunk_numel]
-        if shape is None:
-            return view.view(chunks, slot.grid.n1, slot.grid.n2)
-        return view.view(shape)
 
     def _exchange(self, comm: Communicator, payload: torch.Tensor) -> torch.Tensor:
         """All peers' payloads as ``(peers, nbytes)``, in rank order."""
@@ -358,7 +256,9 @@ class DistroOptimizer(Optimizer):
         return torch.stack([other.to(payload.device) for other in payloads])
 
     def _fingerprint(self) -> tuple[Any, ...]:
-        shapes = tuple((s.name, tuple(s.param.shape), str(s.param.dtype)) for s in self._slots)
+        shapes = tuple(
+            (name, tuple(p.shape), str(p.dtype)) for name, p in zip(self._names, self._params)
+        )
         return (self.mode, self.chunk, self.topk, self.quantize_1bit, shapes)
 
     def _restore(self) -> None:
@@ -366,8 +266,9 @@ class DistroOptimizer(Optimizer):
         if not self._lookahead:
             return
         with torch.no_grad():
-            for slot, saved in zip(self._slots, self._snapshot or []):
-                slot.param.detach().copy_(saved)
+            for group, saved in zip(self._groups, self._snapshot or []):
+                for m in group.members:
+                    m.param.detach().view(-1, group.grid.width).copy_(saved[m.rows])
         self._lookahead = False
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -387,8 +288,11 @@ class DistroOptimizer(Optimizer):
             "delta": self.delta,
         }
         if self._own is not None:
-            state["own_idx"] = {s.name: i.clone() for s, (i, _) in zip(self._slots, self._own)}
-            state["own_val"] = {s.name: v.clone() for s, (_, v) in zip(self._slots, self._own)}
+            state["own_idx"], state["own_val"] = {}, {}
+            for group, (idx, val) in zip(self._groups, self._own):
+                for m in group.members:
+                    state["own_idx"][m.name] = idx[m.chunks].clone()
+                    state["own_val"][m.name] = val[m.chunks].clone()
         if self._pending is not None:
             state["pending_payloads"] = self._pending.clone()
         return state
@@ -396,15 +300,14 @@ class DistroOptimizer(Optimizer):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != _STATE_FORMAT:
             raise PsycheError(f"DisTrO: unknown optimizer state format {state.get('format')!r}")
-        names = sorted(s.name for s in self._slots)
-        if sorted(state.get("delta", {})) != names:
+        if sorted(state.get("delta", {})) != sorted(self._names):
             raise PsycheError("DisTrO: the optimizer state was saved for other parameters")
-        for slot in self._slots:
-            saved = state["delta"][slot.name]
-            if tuple(saved.shape) != tuple(slot.param.shape):
+        for name, p in zip(self._names, self._params):
+            saved = state["delta"][name]
+            if tuple(saved.shape) != tuple(p.shape):
                 raise PsycheError(
-                    f"DisTrO: saved delta for {slot.name!r} has shape {tuple(saved.shape)}, "
-                    f"the parameter {tuple(slot.param.shape)}"
+                    f"DisTrO: saved delta for {name!r} has shape {tuple(saved.shape)}, "
+                    f"the parameter {tuple(p.shape)}"
                 )
         layout_same = state["chunk"] == self.chunk and state["topk"] == self.topk
         pending = state.get("pending_payloads")
@@ -424,16 +327,21 @@ class DistroOptimizer(Optimizer):
                 "--distro-quantization"
             )
         self._restore()
-        for slot in self._slots:
-            slot.delta.copy_(to_chunks(state["delta"][slot.name], slot.grid))
+        for group in self._groups:
+            for m in group.members:
+                group.delta_of(m).copy_(state["delta"][m.name])
         self._own = None
         if "own_idx" in state:
             self._own = [
                 (
-                    state["own_idx"][s.name].to(s.delta.device, torch.int64).clone(),
-                    state["own_val"][s.name].to(s.delta.device, s.delta.dtype).clone(),
+                    torch.cat([state["own_idx"][m.name] for m in g.members])
+                    .to(g.delta.device, torch.int64)
+                    .clone(),
+                    torch.cat([state["own_val"][m.name] for m in g.members])
+                    .to(g.delta.device, g.delta.dtype)
+                    .clone(),
                 )
-                for s in self._slots
+                for g in self._groups
             ]
         self._pending = pending.to(torch.uint8).clone() if pending is not None else None
 
@@ -452,24 +360,16 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-_DEFAULTS = {spec.key: spec.default for spec in OPTIONS}
-
-
-def _option(options: Options, key: str, default: Any = None) -> Any:
-    value = getattr(options, key, None)
-    if value is None:
-        value = _DEFAULTS.get(key, default)
-    return value
-
-
 def build_distro(model: nn.Module, options: Options) -> DistroOptimizer:
-    """The ``distro`` optimizer factory: ``--compression-*``, ``--distro-*``, ``--weight-decay``."""
+    """The ``distro`` optimizer factory: ``--compression-*``, ``--distro-*``, ``--weight-decay``
+    (declared options are always present on ``options``)."""
     return DistroOptimizer(
         model,
-        chunk=_option(options, "compression_chunk"),
-        topk=_option(options, "compression_topk"),
-        decay=_option(options, "compression_decay"),
-        weight_decay=_option(options, "weight_decay", 0.0),
-        quantize_1bit=bool(_option(options, "distro_quantization")),
-        mode=_option(options, "distro_mode"),
+        chunk=options.compression_chunk,
+        topk=options.compression_topk,
+        decay=options.compression_decay,
+        weight_decay=options.weight_decay,
+        quantize_1bit=bool(options.distro_quantization),
+        mode=options.distro_mode,
+        bf16_select=bool(options.distro_bf16_select),
     )

@@ -56,6 +56,11 @@ class Segment:
     def nbytes(self) -> int:
         return self.index_bytes + self.value_bytes
 
+    @property
+    def full(self) -> bool:
+        """Every coefficient is sent (``k' = T``), in index order: the indices are known."""
+        return self.k == self.grid.chunk_numel
+
 
 class PayloadLayout:
     """Serialize this peer's results; parse every peer's."""
@@ -69,6 +74,14 @@ class PayloadLayout:
             offset += segment.nbytes
         self.nbytes = offset
         self.one_bit = one_bit
+        self._packed_full: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def _full_indices(self, segment: Segment, device: torch.device) -> torch.Tensor:
+        key = (segment.offset, device)
+        if key not in self._packed_full:
+            idx = torch.arange(segment.k, device=device).repeat(segment.grid.num_chunks)
+            self._packed_full[key] = pack_indices(idx, segment.grid.chunk_numel)
+        return self._packed_full[key]
 
     @property
     def coefficients(self) -> int:
@@ -79,7 +92,10 @@ class PayloadLayout:
         one 1-D uint8 tensor of :attr:`nbytes`."""
         parts = []
         for segment, (idx, val) in zip(self.segments, results, strict=True):
-            parts.append(pack_indices(idx, segment.grid.chunk_numel).reshape(-1))
+            if segment.full:  # arange(T) per chunk: packed once
+                parts.append(self._full_indices(segment, idx.device))
+            else:
+                parts.append(pack_indices(idx, segment.grid.chunk_numel).reshape(-1))
             parts.append(pack_signs(val) if segment.one_bit else values_to_bytes(val))
         if not parts:
             return torch.empty(0, dtype=torch.uint8)
@@ -103,8 +119,11 @@ class PayloadLayout:
         out = []
         for s, dtype, device in zip(self.segments, dtypes, devices, strict=True):
             chunks = s.grid.num_chunks
-            raw = payloads[:, s.offset : s.offset + s.index_bytes]
-            idx = unpack_indices(raw.to(device), s.grid.chunk_numel)  # (peers, m)
+            if s.full:  # every peer sends arange(T) per chunk
+                idx = torch.arange(s.k, device=device).repeat(chunks).expand(peers, -1)
+            else:
+                raw = payloads[:, s.offset : s.offset + s.index_bytes]
+                idx = unpack_indices(raw.to(device), s.grid.chunk_numel)  # (peers, m)
             raw = payloads[:, s.offset + s.index_bytes : s.offset + s.nbytes]
             if s.one_bit:
                 val = unpack_signs(raw.to(device), s.count, dtype)

@@ -1,0 +1,53 @@
+"""Named DisTrO settings seen in Psyche's and DeMo's configurations (design distro.md 3.1), as
+option values keyed like ``Options`` attributes. Ready for a ``--distro-preset`` flag; nothing
+reads them yet. No torch import here (plugin listing stays fast)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Psyche's single-process `train` example defaults (examples/train.rs)
+    "psyche-train": {
+        "compression_chunk": 64,
+        "compression_topk": 4,
+        "compression_decay": 0.999,
+        "distro_quantization": False,
+        "distro_mode": "psyche",
+        "weight_decay": 0.1,
+    },
+    # Psyche's llama2-20m configs and the psyche-book run-config example: k = 8, 1-bit values
+    "psyche-20m": {
+        "compression_chunk": 64,
+        "compression_topk": 8,
+        "compression_decay": 0.999,
+        "distro_quantization": True,
+        "distro_mode": "psyche",
+    },
+    # the 40B Consilience run
+    "consilience": {
+        "compression_chunk": 64,
+        "compression_topk": 4,
+        "compression_decay": 0.995,
+        "distro_quantization": True,
+        "distro_mode": "psyche",
+        "weight_decay": 0.1,
+    },
+    # DeMo's OLMo configurations (synchronous, k = 32, no weight decay)
+    "demo": {
+        "compression_chunk": 64,
+        "compression_topk": 32,
+        "compression_decay": 0.999,
+        "distro_quantization": False,
+        "distro_mode": "sync",
+        "weight_decay": 0.0,
+    },
+    # control run: every coefficient sent, i.e. sign-SGD on the momentum
+    "sign-sgd": {
+        "compression_chunk": 64,
+        "compression_topk": 4096,
+        "compression_decay": 0.999,
+        "distro_quantization": False,
+        "distro_mode": "sync",
+    },
+}
