@@ -55,8 +55,7 @@ def normalise(messages: object, where: str) -> list[dict[str, str]]:
         content = message.get("content", message.get("value"))
         if role not in ROLES:
             raise BadConversation(
-                f"{where}: message {number} has unknown role {role!r} (known: "
-                f"{', '.join(ROLES)})"
+                f"{where}: message {number} has unknown role {role!r} (known: {', '.join(ROLES)})"
             )
         if not isinstance(content, str):
             raise BadConversation(f"{where}: message {number} has no text content")
@@ -72,7 +71,9 @@ class ChatTemplate:
             from jinja2.exceptions import TemplateError
             from jinja2.sandbox import ImmutableSandboxedEnvironment
         except ImportError:
-            raise PsycheError("chat templates need jinja2: pip install 'psyche-data[text]'")
+            raise PsycheError(
+                "chat templates need jinja2: pip install 'psyche-data[text]'"
+            ) from None
 
         def raise_exception(message: str) -> None:
             raise TemplateError(message)

@@ -111,7 +111,9 @@ def inspect(
     metavar="NAME_OR_PATH",
     help="A tokenizer.json, a model folder holding one, or a Hugging Face model id.",
 )
-@click.option("--out", required=True, type=click.Path(), help="Folder for the shards (new or empty).")
+@click.option(
+    "--out", required=True, type=click.Path(), help="Folder for the shards (new or empty)."
+)
 @click.option(
     "--dataset", default=None, metavar="NAME", help="Read a Hugging Face dataset instead of INPUTS."
 )
@@ -153,14 +155,16 @@ def inspect(
 @click.option("--skip-bad", is_flag=True, help="Skip (and count) records without text.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--overwrite", is_flag=True, help="Delete what --out holds first.")
-def tokenize(inputs, tokenizer, out, dataset, split, text_field, extension, token_size, bos, eos,
-             workers, shard_tokens, batch_documents, skip_bad, resume, overwrite) -> None:  # fmt: skip
+def tokenize(inputs, tokenizer, out, dataset, split, text_field, extension, token_size, bos,
+             eos, workers, shard_tokens, batch_documents, skip_bad, resume,
+             overwrite) -> None:  # fmt: skip
     """Tokenize INPUTS (text files, .jsonl/.parquet with --text-field, folders of them) or a
     --dataset into token shards for --data-provider local/http, with document boundaries
     (NAME.idx) and a manifest.json."""
     from psyche_core.errors import PsycheError
     from psyche_data.progress import TokenProgress
-    from psyche_data.tokenize import TokenizeRequest, tokenize as run_tokenize
+    from psyche_data.tokenize import TokenizeRequest
+    from psyche_data.tokenize import tokenize as run_tokenize
 
     if resume and overwrite:
         raise PsycheError("--resume and --overwrite contradict each other; pick one")

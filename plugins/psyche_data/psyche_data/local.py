@@ -123,7 +123,8 @@ class LocalDataProvider(ArrayDataProvider):
         where = self.index.locate(ids)
         length = self.index.sequence_length
         samples = []
-        for row, file, offset in zip(self.read(ids), where.file.tolist(), where.token_offset.tolist()):
+        pieces = zip(self.read(ids), where.file.tolist(), where.token_offset.tolist())
+        for row, file, offset in pieces:
             lengths = _piece_lengths(self.document_starts[file], offset, length)
             positions = np.concatenate([np.arange(n) for n in lengths])
             samples.append(TokenizedData(row, position_ids=positions, sequence_lengths=lengths))
@@ -178,4 +179,4 @@ def _piece_lengths(starts: np.ndarray, offset: int, length: int) -> list[int]:
     first = np.searchsorted(starts, offset, side="right")
     last = np.searchsorted(starts, offset + length, side="left")
     cuts = [0, *(starts[first:last] - offset).tolist(), length]
-    return [b - a for a, b in zip(cuts[:-1], cuts[1:])]
+    return np.diff(cuts).tolist()

@@ -101,7 +101,8 @@ def build_rows(
     pad_id: int,
 ) -> dict[str, list]:
     """The parquet columns for ``rows`` of ``documents`` (``(input_ids, labels)`` pairs)."""
-    columns: dict[str, list] = {"inputs": [], "labels": [], "position_ids": [], "sequence_lengths": []}
+    columns: dict[str, list] = {n: [] for n in ("inputs", "labels", "position_ids")}
+    columns["sequence_lengths"] = []
     for row in rows:
         inputs = [documents[d][0] for d in row]
         labels = [documents[d][1] for d in row]
@@ -113,7 +114,8 @@ def build_rows(
             lengths.append(pad)
         columns["inputs"].append(np.concatenate(inputs).astype(np.int32))
         columns["labels"].append(np.concatenate(labels).astype(np.int32))
-        columns["position_ids"].append(np.concatenate([np.arange(n) for n in lengths]).astype(np.int32))
+        positions = np.concatenate([np.arange(n) for n in lengths])
+        columns["position_ids"].append(positions.astype(np.int32))
         columns["sequence_lengths"].append(np.asarray(lengths, dtype=np.int64))
     return columns
 

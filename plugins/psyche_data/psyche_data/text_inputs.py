@@ -49,7 +49,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             found = sorted(
                 p
                 for p in path.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts)
             )
             if not found:
                 raise PsycheError(f"input folder {name!r} holds no files")
@@ -76,7 +76,7 @@ def kind_of(path: Path) -> str:
 def _open_text(path: Path):
     if path.name.lower().endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")  # noqa: SIM115 (the caller closes it)
+    return open(path, encoding="utf-8", newline="")  # the caller closes it
 
 
 def iter_documents(
@@ -94,7 +94,8 @@ def iter_documents(
                 with _open_text(path) as f:
                     yield f.read()
         except UnicodeDecodeError as exc:
-            raise PsycheError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            reason = f"{exc.reason} at byte {exc.start}"
+            raise PsycheError(f"{path}: not UTF-8 text ({reason})") from None
         except (OSError, EOFError) as exc:
             raise PsycheError(f"cannot read {path}: {exc}") from None
 
@@ -151,7 +152,9 @@ def _pyarrow_parquet():
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise PsycheError("reading parquet needs pyarrow: pip install 'psyche-data[text]'") from None
+        raise PsycheError(
+            "reading parquet needs pyarrow: pip install 'psyche-data[text]'"
+        ) from None
     return pq
 
 
@@ -177,7 +180,9 @@ def load_text_dataset(name: str, split: str, text_field: str):
     try:
         import datasets
     except ImportError:
-        raise PsycheError("--dataset needs the datasets library: pip install 'psyche-data[text]'")
+        raise PsycheError(
+            "--dataset needs the datasets library: pip install 'psyche-data[text]'"
+        ) from None
     path = Path(name).expanduser()
     try:
         saved = ("state.json", "dataset_dict.json")  # what save_to_disk writes

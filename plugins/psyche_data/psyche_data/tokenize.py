@@ -348,8 +348,10 @@ def _prepare_output(out: Path, settings: TokenizeSettings, resume: bool, overwri
     if entries and overwrite:
         for path in entries:
             if path.is_dir():
-                raise PsycheError(f"--overwrite: {str(out)!r} holds a folder ({path.name}); "
-                                  "refusing to delete it, pick another --out")
+                raise PsycheError(
+                    f"--overwrite: {str(out)!r} holds a folder ({path.name}); "
+                    "refusing to delete it, pick another --out"
+                )
             path.unlink()
         entries = []
     progress = Progress(settings)
@@ -359,7 +361,9 @@ def _prepare_output(out: Path, settings: TokenizeSettings, resume: bool, overwri
             path.unlink()  # a shard cut short by the interruption; it is written again
         return progress
     if resume and (out / MANIFEST).is_file():
-        raise PsycheError(f"{str(out)!r} is already complete (it has {MANIFEST}); nothing to resume")
+        raise PsycheError(
+            f"{str(out)!r} is already complete (it has {MANIFEST}); nothing to resume"
+        )
     if entries:
         raise PsycheError(
             f"output folder {str(out)!r} is not empty; pass --resume to continue an interrupted "

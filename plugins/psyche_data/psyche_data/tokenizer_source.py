@@ -6,6 +6,7 @@ is one, for the BOS/EOS tokens and the chat template, as ``transformers`` would.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -71,7 +72,9 @@ def load_tokenizer(name: str) -> TokenizerSource:
     try:
         import tokenizers  # noqa: F401
     except ImportError:
-        raise PsycheError("this needs the tokenizers library: pip install 'psyche-data[text]'")
+        raise PsycheError(
+            "this needs the tokenizers library: pip install 'psyche-data[text]'"
+        ) from None
     path = Path(name).expanduser()
     if path.is_file():
         folder, json_file = path.parent, path
@@ -79,7 +82,7 @@ def load_tokenizer(name: str) -> TokenizerSource:
         folder, json_file = path, path / "tokenizer.json"
         if not json_file.is_file():
             raise PsycheError(f"tokenizer folder {name!r} has no tokenizer.json")
-    elif os.sep in name and not _looks_like_repo_id(name) or name.endswith(".json"):
+    elif (os.sep in name and not _looks_like_repo_id(name)) or name.endswith(".json"):
         raise PsycheError(f"tokenizer {name!r}: no such file or folder")
     else:
         folder, json_file = _from_hub(name)
@@ -119,8 +122,6 @@ def _from_hub(repo_id: str) -> tuple[Path, Path]:
             f"({type(exc).__name__}{', offline mode' if offline else ''}); pass a tokenizer.json "
             "path, or download it first while online"
         ) from None
-    try:
+    with contextlib.suppress(Exception):  # optional: BOS/EOS are then guessed from the vocabulary
         hf_hub_download(repo_id, "tokenizer_config.json")
-    except Exception:
-        pass  # optional: BOS/EOS are then guessed from the vocabulary
     return json_file.parent, json_file
