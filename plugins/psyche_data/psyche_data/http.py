@@ -27,6 +27,7 @@ from psyche_data.sources import RemoteFile, resolve_sources
 
 MAX_REQUEST_BYTES = 8 << 20  # most bytes asked for in one request
 MAX_RANGES = 256  # most ranges in one multi-range request (servers cap header sizes)
+MIN_RANGES = 32  # fewer ranges than this per request: more requests cost more than they overlap
 
 
 class HttpDataProvider(ArrayDataProvider):
@@ -159,7 +160,7 @@ class HttpDataProvider(ArrayDataProvider):
             start = offset * self.dtype.itemsize
             by_file.setdefault(file, []).append((start, count * sample_bytes, rows))
         requests = []
-        per_request = max(1, min(MAX_RANGES, -(-len(runs) // self.connections)))
+        per_request = min(MAX_RANGES, max(MIN_RANGES, -(-len(runs) // self.connections)))
         for file, ranges in by_file.items():
             if self._multi_range.get(_origin(self.urls[file])) is False:
                 requests.extend((file, [r]) for r in ranges)

@@ -234,14 +234,21 @@ def tokenize(request: TokenizeRequest, report: Reporter | None = None) -> Tokeni
     documents = islice(documents, progress.documents, None)  # skip what a resumed run has
     writer = ShardWriter(out, settings, progress)
     done_docs, done_tokens, done_bytes = progress.documents, progress.tokens, progress.text_bytes
-    for tokens, lengths, text_bytes in _encoded_batches(source, settings, request, documents):
-        writer.add(tokens, lengths, text_bytes)
-        done_docs, done_tokens = done_docs + len(lengths), done_tokens + int(lengths.sum())
-        done_bytes += text_bytes
-        if report is not None:
-            report(done_docs, done_tokens, done_bytes)
-        if writer.tokens >= settings.shard_tokens:
-            writer.close_shard()
+    try:
+        for tokens, lengths, text_bytes in _encoded_batches(source, settings, request, documents):
+            writer.add(tokens, lengths, text_bytes)
+            done_docs, done_tokens = done_docs + len(lengths), done_tokens + int(lengths.sum())
+            done_bytes += text_bytes
+            if report is not None:
+                report(done_docs, done_tokens, done_bytes)
+            if writer.tokens >= settings.shard_tokens:
+                writer.close_shard()
+    except PsycheError:
+        # bad input: drop the shard in progress; closed shards stay for --resume (with
+        # --skip-bad, say), and a run that closed none leaves the folder as it found it
+        writer.file.close()
+        writer.tmp.unlink(missing_ok=True)
+        raise
     writer.close_shard(reopen=False)
     if not progress.shards:
         raise PsycheError("the input holds no documents")

@@ -116,7 +116,9 @@ def _from_hub(repo_id: str) -> tuple[Path, Path]:
     try:
         json_file = Path(hf_hub_download(repo_id, "tokenizer.json"))
     except Exception as exc:  # huggingface_hub raises many types; show one line
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        from huggingface_hub import constants
+
+        offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         raise PsycheError(
             f"tokenizer {repo_id!r} is neither a local file or folder nor on the Hugging Face hub "
             f"({type(exc).__name__}{', offline mode' if offline else ''}); pass a tokenizer.json "
