@@ -91,14 +91,17 @@ class HttpDataProvider(ArrayDataProvider):
             if self._ahead is not None and key is not None and self._ahead[0] == key:
                 future = self._ahead[1]
                 self._ahead = None
-        if key is not None:
-            self._read_ahead(key)
+        batch = None
         if future is not None:
             try:
-                return future.result()
+                batch = future.result()
             except Exception:
                 pass  # read it again below, and let that raise
-        return self._fetch(ids)
+        if batch is None:
+            batch = self._fetch(ids)
+        if key is not None:  # fetched while the caller works on this batch
+            self._read_ahead(key)
+        return batch
 
     def _read_ahead(self, key: tuple[int, int]) -> None:
         """Start fetching the batch that probably comes next (same size, same stride)."""
