@@ -260,3 +260,14 @@ def test_fineweb_documents_tokenize_to_the_fixture_tokens(tmp_path, fixtures):
     request = TokenizeRequest([str(tmp_path / "docs.jsonl")], str(tmp_path / "d"), str(llama))
     default = tokenize(request)
     assert default.manifest["bos_id"] == 1 and default.manifest["eos_id"] is None
+
+
+def test_inspect_shows_the_manifest(tmp_path, tok, corpus):
+    out = tmp_path / "out"
+    tokenize(TokenizeRequest([str(corpus)], str(out), tok, token_size=4))
+    result = CliRunner().invoke(data, ["inspect", str(out), "--sequence-length", "8"])
+    assert result.exit_code == 0, result.output
+    assert "token size: 4 bytes" in result.output  # from the manifest
+    assert (
+        f"tokenizer:  {tok}" in result.output and "documents:  4 (BOS None, EOS 2;" in result.output
+    )

@@ -6,6 +6,7 @@ as one line.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -28,7 +29,14 @@ def data() -> None:
     metavar="OWNER/NAME",
     help="First download this Hugging Face dataset repo's .ds/.bin/.npy files into FOLDER.",
 )
-def serve(folder: str, host: str, port: int, hf_repo: str | None) -> None:
+@click.option(
+    "--multi-range/--no-multi-range",
+    default=True,
+    show_default=True,
+    help="Answer several ranges in one request (multipart/byteranges); --no-multi-range "
+    "answers them with the whole file, like a plain static server.",
+)
+def serve(folder: str, host: str, port: int, hf_repo: str | None, multi_range: bool) -> None:
     """Serve the token files in FOLDER over HTTP with range requests (for --data-url).
 
     Only files inside FOLDER are served (no '..', no symlinks leading out); GET / answers with
@@ -48,7 +56,7 @@ def serve(folder: str, host: str, port: int, hf_repo: str | None) -> None:
     files = data_index(Path(folder))
     if not files:
         raise PsycheError(f"{folder!r} has no .ds, .bin or .npy files to serve")
-    server = DataServer(folder, host, port)
+    server = DataServer(folder, host, port, multi_range)
     total = sum(int(f["size"]) for f in files)  # type: ignore[call-overload]
     click.echo(f"serving {len(files)} files ({total:,} bytes) from {folder}", err=True)
     click.echo(f"use: --data-url {server.url}")
@@ -67,7 +75,10 @@ def serve(folder: str, host: str, port: int, hf_repo: str | None) -> None:
     "--sequence-length", default=2048, show_default=True, type=int, help="Tokens per sequence."
 )
 @click.option(
-    "--token-size", default=2, show_default=True, type=int, help="Bytes per token: 2 or 4."
+    "--token-size",
+    default=None,
+    type=int,
+    help="Bytes per token: 2 or 4 (default: the manifest's, else 2).",
 )
 @click.option(
     "--decode",
@@ -87,9 +98,15 @@ def inspect(
     path: str, sequence_length: int, token_size: int, decode: int | None, tokenizer: str | None
 ) -> None:
     """Count the files, tokens and sequences under PATH (a folder or a file) and show the
-    token-id range; or, with --decode N, print its first N samples as plain text."""
+    token-id range, and the manifest.json `psyche data tokenize` wrote there; or, with --decode
+    N, print its first N samples as plain text."""
     from psyche_core.errors import PsycheError
-    from psyche_data.summary import decoded_samples, summarize
+    from psyche_data.summary import decoded_samples, manifest_lines, summarize
+    from psyche_data.tokenize import read_manifest
+
+    manifest = read_manifest(path) if os.path.isdir(path) else None
+    if token_size is None:
+        token_size = int(manifest.get("token_size", 2)) if manifest else 2
 
     if decode is not None:
         if tokenizer is None:
@@ -101,6 +118,9 @@ def inspect(
         return
     for line in summarize(path, sequence_length, token_size).lines():
         click.echo(line)
+    if manifest:
+        for line in manifest_lines(manifest):
+            click.echo(line)
 
 
 @data.command()
@@ -150,7 +170,7 @@ def inspect(
     help="Close a shard once it holds this many tokens.",
 )
 @click.option(
-    "--batch-documents", default=512, show_default=True, type=int, help="Documents per work item."
+    "--batch-documents", default=256, show_default=True, type=int, help="Documents per work item."
 )
 @click.option("--skip-bad", is_flag=True, help="Skip (and count) records without text.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")

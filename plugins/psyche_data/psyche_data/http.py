@@ -13,6 +13,7 @@ same files and seed give the same samples. A batch's samples are fetched togethe
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -93,10 +94,8 @@ class HttpDataProvider(ArrayDataProvider):
                 self._ahead = None
         batch = None
         if future is not None:
-            try:
+            with contextlib.suppress(Exception):  # read it again below, and let that raise
                 batch = future.result()
-            except Exception:
-                pass  # read it again below, and let that raise
         if batch is None:
             batch = self._fetch(ids)
         if key is not None:  # fetched while the caller works on this batch

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -82,7 +83,11 @@ class Progress:
 _WORKER: dict[str, object] = {}
 
 
-def _init_worker(json_text: str, bos_id: int | None, eos_id: int | None, dtype: str) -> None:
+def _init_worker(
+    json_text: str, bos_id: int | None, eos_id: int | None, dtype: str, one_thread: bool
+) -> None:
+    if one_thread:  # one worker process per core: the Rust thread pool would oversubscribe
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tokenizers import Tokenizer
 
     _WORKER.update(
@@ -177,7 +182,7 @@ class TokenizeRequest:
     eos: bool | None = None
     workers: int = 1
     shard_tokens: int = 1 << 28
-    batch_documents: int = 512
+    batch_documents: int = 256
     skip_bad: bool = False
     resume: bool = False
     overwrite: bool = False
@@ -284,17 +289,18 @@ def _encoded_batches(
     dtype = "<u2" if settings.token_size == 2 else "<u4"
     init = (source.json_text, settings.bos_id, settings.eos_id, dtype)
     batches = _batched(documents, settings.batch_documents)
-    if request.workers == 1:
-        _init_worker(*init)
+    if request.workers == 1:  # in this process, encoding on all cores
+        _init_worker(*init, False)
         for batch in batches:
             yield encode_documents(batch)
         return
     import multiprocessing
 
-    # each worker encodes on one core; the Rust thread pool would oversubscribe them
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    context = multiprocessing.get_context("spawn" if os.name == "nt" else "forkserver")
-    with context.Pool(request.workers, _init_worker, init) as pool:
+    # fork: a worker starts at once with what is already imported (spawn and forkserver would
+    # import the caller's __main__ again, which for a script importing torch takes seconds)
+    fork = sys.platform.startswith("linux")
+    context = multiprocessing.get_context("fork" if fork else "spawn")
+    with context.Pool(request.workers, _init_worker, (*init, True)) as pool:
         pending: deque = deque()
         for batch in batches:  # a bounded window: the input is never read far ahead
             pending.append(pool.apply_async(encode_documents, (batch,)))
