@@ -243,3 +243,21 @@ def test_hermes3_fixture_round_trips_and_repacks(tmp_path, fixtures):
     packed = build_rows(documents, rows, 4096, pad_id=128004)
     assert len(documents) == 18 and len(rows) == 2  # the fixture: 2 rows, fill ratio 1.0
     assert all(sum(lengths) == 4096 and len(lengths) == 9 for lengths in packed["sequence_lengths"])
+
+
+def test_a_local_dataset_gives_the_same_rows(tmp_path, setup):
+    datasets = pytest.importorskip("datasets", reason="datasets is not installed")
+    _, tok, source, template = setup
+    records = [json.loads(line) for line in source.read_text().splitlines()]
+    openai = [r for r in records if "messages" in r]  # one shape per column
+    (tmp_path / "openai.jsonl").write_text("".join(json.dumps(r) + "\n" for r in openai))
+    datasets.Dataset.from_list(openai).save_to_disk(str(tmp_path / "saved"))
+    kwargs = dict(chat_template=str(template))
+    prepare_chat(
+        ChatRequest([str(tmp_path / "openai.jsonl")], str(tmp_path / "a"), str(tok), 96, **kwargs)
+    )
+    request = ChatRequest(
+        [], str(tmp_path / "b"), str(tok), 96, dataset=str(tmp_path / "saved"), **kwargs
+    )
+    assert prepare_chat(request)["documents"] == len(openai)
+    assert read_rows(tmp_path / "a") == read_rows(tmp_path / "b")

@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,19 @@ class TokenizerSource:
     name: str  # what the user typed
     json_text: str  # the tokenizer.json, so worker processes can rebuild it exactly
     config: dict[str, Any]  # tokenizer_config.json, or {}
+    _built: Any = field(default=None, repr=False, compare=False)
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.json_text.encode()).hexdigest()
 
     def build(self):
-        from tokenizers import Tokenizer
+        """The tokenizer (built once: parsing a large tokenizer.json takes a while)."""
+        if self._built is None:
+            from tokenizers import Tokenizer
 
-        return Tokenizer.from_str(self.json_text)
+            self._built = Tokenizer.from_str(self.json_text)
+        return self._built
 
     def special_id(self, key: str, guesses: tuple[str, ...]) -> int | None:
         """The id of the config's ``bos_token``/``eos_token``, else of a usual name."""
@@ -90,8 +94,8 @@ def load_tokenizer(name: str) -> TokenizerSource:
         json_text = json_file.read_text(encoding="utf-8")
         from tokenizers import Tokenizer
 
-        Tokenizer.from_str(json_text)
-    except (OSError, UnicodeDecodeError, Exception) as exc:
+        built = Tokenizer.from_str(json_text)
+    except Exception as exc:  # OSError, bad UTF-8, or what tokenizers says of bad JSON
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PsycheError(f"cannot load tokenizer {name!r}: {first}") from None
     config: dict[str, Any] = {}
@@ -101,7 +105,7 @@ def load_tokenizer(name: str) -> TokenizerSource:
             config = json.loads(config_file.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise PsycheError(f"{config_file}: not valid JSON ({exc})") from None
-    return TokenizerSource(name, json_text, config)
+    return TokenizerSource(name, json_text, config, built)
 
 
 def _looks_like_repo_id(name: str) -> bool:
