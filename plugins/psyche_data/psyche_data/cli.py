@@ -170,7 +170,7 @@ def inspect(
     help="Close a shard once it holds this many tokens.",
 )
 @click.option(
-    "--batch-documents", default=256, show_default=True, type=int, help="Documents per work item."
+    "--batch-documents", default=128, show_default=True, type=int, help="Documents per work item."
 )
 @click.option("--skip-bad", is_flag=True, help="Skip (and count) records without text.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")

@@ -133,7 +133,7 @@ class RangeClient:
                 raise Retryable(f"short read: got {filled} of {length} bytes")
             return buffer
 
-    def read_ranges(self, url: str, ranges: Sequence[tuple[int, int]]) -> list[bytearray] | None:
+    def read_ranges(self, url: str, ranges: Sequence[tuple[int, int]]) -> list[memoryview] | None:
         """Exactly the bytes of each ``(start, length)`` of ``url``, in one multi-range request.
 
         Returns None when the server does not answer several ranges at once (it sent the whole
@@ -147,7 +147,7 @@ class RangeClient:
 
     def _read_ranges_once(
         self, url: str, ranges: Sequence[tuple[int, int]]
-    ) -> list[bytearray] | None:
+    ) -> list[memoryview] | None:
         wanted = sum(length for _, length in ranges)
         spec = ",".join(f"{start}-{start + length - 1}" for start, length in ranges)
         headers = {**self._headers, "Range": f"bytes={spec}"}
@@ -285,7 +285,7 @@ def _multipart_parts(body: bytearray, boundary: bytes) -> list[tuple[int, memory
 
 def _cut(
     parts: list[tuple[int, memoryview]], ranges: Sequence[tuple[int, int]]
-) -> list[bytearray] | None:
+) -> list[memoryview] | None:
     """Each wanted range from the parts that hold it (servers may merge or reorder ranges);
     None when a range is missing, i.e. the server answered only some of them."""
     out = []
@@ -294,7 +294,7 @@ def _cut(
         hint = [parts[number]] if number < len(parts) else []
         for first, data in hint + parts:
             if first <= start and start + length <= first + len(data):
-                out.append(bytearray(data[start - first : start - first + length]))
+                out.append(data[start - first : start - first + length])  # a view, no copy
                 break
         else:
             return None

@@ -182,7 +182,7 @@ class TokenizeRequest:
     eos: bool | None = None
     workers: int = 1
     shard_tokens: int = 1 << 28
-    batch_documents: int = 256
+    batch_documents: int = 128
     skip_bad: bool = False
     resume: bool = False
     overwrite: bool = False
