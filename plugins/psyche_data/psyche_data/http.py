@@ -154,9 +154,11 @@ class HttpDataProvider(ArrayDataProvider):
         return answer
 
     def _plan(self, runs, sample_bytes: int) -> list[tuple[int, list[tuple[int, int, slice]]]]:
-        """Group the runs of each file into requests: up to ``MAX_RANGES`` ranges (and
-        ``MAX_REQUEST_BYTES``) each where the server may answer several, spread so that every
-        connection gets work."""
+        """Group the runs of each file into requests of ``MIN_RANGES`` to ``MAX_RANGES`` ranges
+        (at most ``MAX_REQUEST_BYTES``) where the server may answer several, else one each.
+
+        More, smaller requests would keep more connections busy, but on loopback and a few
+        cores each request costs more CPU than its overlap saves (benchmarks/data_http.py)."""
         by_file: dict[int, list[tuple[int, int, slice]]] = {}
         for file, offset, count, rows in runs:
             start = offset * self.dtype.itemsize
