@@ -223,26 +223,18 @@ def _runs(
 
 def build_http(options, providers=None) -> HttpDataProvider:
     """Factory for ``--data-provider http``."""
-    timeout = _option(options, "data_http_timeout", 30.0)
+    timeout = options.data_http_timeout
     sources = resolve_sources(
-        options.data_url,
-        _option(options, "data_url_start", 0),
-        options.get("data_url_count"),
-        timeout,
+        options.data_url, options.data_url_start, options.data_url_count, timeout
     )
     return HttpDataProvider(
         sources.files,
         options.sequence_length,
         options.token_size,
         options.seed,
-        connections=_option(options, "data_http_connections", 16),
+        connections=options.data_http_connections,
         timeout=timeout,
-        retries=_option(options, "data_http_retries", 5),
+        retries=options.data_http_retries,
         headers=sources.headers,
         description=sources.description,
     )
-
-
-def _option(options, key: str, default):
-    value = options.get(key)
-    return default if value is None else value
