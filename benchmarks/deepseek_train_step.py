@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _record
+
 CONFIG: dict[str, Any] = {
     "vocab_size": 4096,
     "hidden_size": 256,
@@ -187,9 +189,9 @@ def main() -> None:
         help="torch.optim.AdamW implementation, the same for both sides (default: torch's "
         "choice, a per-tensor loop on CPU; psyche's trainer uses foreach)",
     )
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--child", choices=["psyche", "transformers"], help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
+    _record.add_save_flag(parser)
     args = parser.parse_args()
     if args.child:
         args.side = args.child
@@ -227,8 +229,6 @@ def main() -> None:
         "warmup_steps": args.warmup,
         "timed_steps_per_round": args.steps,
         "rounds": args.rounds,
-        "torch": torch.__version__,
-        "load_average_at_end": os.getloadavg(),
         "psyche": ours,
         "transformers": theirs,
         "speedup": ours["tokens_per_s"] / theirs["tokens_per_s"],
@@ -239,10 +239,7 @@ def main() -> None:
         "target_speedup": 1.2,
     }
     result["target_met"] = result["speedup"] >= result["target_speedup"]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    _record.emit(result, args.save, "deepseek_train_step")
 
 
 if __name__ == "__main__":

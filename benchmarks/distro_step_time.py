@@ -12,10 +12,10 @@ to AdamW.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
+import _record
 import torch
 from torch import nn
 
@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--topk", type=int, default=4)
     parser.add_argument("--one-bit", action="store_true")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    _record.add_save_flag(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -127,32 +128,31 @@ def main() -> None:
     adamw_median = statistics.median(adamw_times)
     fused_median = statistics.median(fused_times)
     ratios = sorted(s / a for s, a in zip(step_times, adamw_times))
-    print(
-        json.dumps(
-            {
-                "benchmark": "distro_step_time",
-                "parameters": sum(p.numel() for p in params),
-                "source": source,
-                "dtype": args.dtype,
-                "threads": args.threads,
-                "mode": args.mode,
-                "chunk": args.chunk,
-                "topk": args.topk,
-                "one_bit": args.one_bit,
-                "steps_timed": args.steps,
-                "adamw_step_s": round(adamw_median, 5),
-                "distro_step_s": round(step, 5),
-                "distro_prepare_step_s": round(prepare, 5),
-                "ratio_step_vs_adamw": round(step / adamw_median, 3),
-                "ratio_step_vs_adamw_per_round_median": round(statistics.median(ratios), 3),
-                "ratio_prepare_plus_step_vs_adamw": round((step + prepare) / adamw_median, 3),
-                "adamw_fused_step_s": round(fused_median, 5),
-                "ratio_step_vs_adamw_fused": round(step / fused_median, 3),
-                "ratio_prepare_plus_step_vs_adamw_fused": round((step + prepare) / fused_median, 3),
-                "target_ratio": 2.0,
-            },
-            indent=2,
-        )
+    _record.emit(
+        {
+            "benchmark": "distro_step_time",
+            "parameters": sum(p.numel() for p in params),
+            "source": source,
+            "dtype": args.dtype,
+            "threads": args.threads,
+            "mode": args.mode,
+            "chunk": args.chunk,
+            "topk": args.topk,
+            "one_bit": args.one_bit,
+            "steps_timed": args.steps,
+            "adamw_step_s": round(adamw_median, 5),
+            "distro_step_s": round(step, 5),
+            "distro_prepare_step_s": round(prepare, 5),
+            "ratio_step_vs_adamw": round(step / adamw_median, 3),
+            "ratio_step_vs_adamw_per_round_median": round(statistics.median(ratios), 3),
+            "ratio_prepare_plus_step_vs_adamw": round((step + prepare) / adamw_median, 3),
+            "adamw_fused_step_s": round(fused_median, 5),
+            "ratio_step_vs_adamw_fused": round(step / fused_median, 3),
+            "ratio_prepare_plus_step_vs_adamw_fused": round((step + prepare) / fused_median, 3),
+            "target_ratio": 2.0,
+        },
+        args.save,
+        "distro_step_time" if args.threads == 1 else f"distro_step_time_{args.threads}threads",
     )
 
 
