@@ -7,9 +7,10 @@ memory can be measured alone: peak RSS (``VmHWM``, reset after setup through
 ``/proc/self/clear_refs`` where allowed) above the RSS after setup (model, optimizer and data
 built; optimizer state and gradients are allocated inside the timed region, as in training).
 Sides alternate over ``--rounds`` rounds to even out drifting machine load; step times are
-medians over all timed steps. Prints one JSON object (and writes it to ``--out``)::
+medians over all timed steps. Prints one JSON object (``--save`` also writes it to
+results/deepseek_train_step.json)::
 
-    python benchmarks/deepseek_train_step.py --steps 5 --rounds 4 --out deepseek_bench.json
+    python benchmarks/deepseek_train_step.py --steps 5 --rounds 4 --save
 """
 
 from __future__ import annotations
