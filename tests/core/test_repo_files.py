@@ -63,3 +63,21 @@ def test_each_distribution_has_one_version_source():
         assert len(assigned) == 1 and re.fullmatch(r"\d+\.\d+\.\d+", assigned[0]), init
         checked += 1
     assert checked >= 7  # core, llama, deepseek, data, distro, hf, the gru example
+
+
+def test_psyche_all_lists_every_first_party_distribution():
+    """`pip install psyche-all` installs each distribution this repo builds (examples aside)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    meta = tomllib.loads((ROOT / "meta" / "psyche-all" / "pyproject.toml").read_text())
+    listed = {re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0] for d in meta["project"]["dependencies"]}
+    built = {
+        tomllib.loads(p.read_text())["project"]["name"]
+        for p in ROOT.glob("**/pyproject.toml")
+        if not {".venv", "examples", "meta"} & set(p.relative_to(ROOT).parts)
+    }
+    assert {"psyche-core", "psyche-llama", "psyche-hf"} <= built
+    assert built <= listed, f"add to meta/psyche-all: {sorted(built - listed)}"
