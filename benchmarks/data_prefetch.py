@@ -24,13 +24,12 @@ import numpy as np
 from rich.console import Console
 
 from psyche_core import run
-from psyche_core.cli.train import plugin_option_specs
-from psyche_core.options import collect_option_specs, resolve
+from psyche_core.options import all_option_specs, resolve
 from psyche_core.plugins import Plugins
 
 
 def train(plugins: Plugins, values: dict, metrics: Path) -> dict:
-    specs = collect_option_specs(plugin_option_specs(plugins))
+    specs = all_option_specs(plugins)
     run.train(
         resolve(specs, {**values, "metrics": str(metrics)}),
         plugins,

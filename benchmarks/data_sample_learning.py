@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from psyche_data.sample import VOCAB_SIZE, SampleDataProvider
+from psyche_core.sample_data import VOCAB_SIZE, SampleDataProvider
 
 
 class Block(nn.Module):

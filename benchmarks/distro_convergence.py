@@ -29,8 +29,7 @@ import _record
 from rich.console import Console
 
 from psyche_core import run
-from psyche_core.cli.train import plugin_option_specs
-from psyche_core.options import collect_option_specs, resolve
+from psyche_core.options import all_option_specs, resolve
 from psyche_core.plugins import Plugins
 
 # Each run: the options that differ from the shared ones.
@@ -43,7 +42,7 @@ RUNS: dict[str, dict[str, Any]] = {
 
 
 def train_once(plugins: Plugins, shared: dict[str, Any], changes: dict[str, Any], out: Path):
-    specs = collect_option_specs(plugin_option_specs(plugins))
+    specs = all_option_specs(plugins)
     metrics_path = out / "metrics.jsonl"
     options = resolve(specs, {**shared, **changes, "metrics": str(metrics_path)})
     run.train(options, plugins, console=Console(stderr=True, quiet=True))

@@ -21,8 +21,7 @@ import _record
 from rich.console import Console
 
 from psyche_core import run
-from psyche_core.cli.train import plugin_option_specs
-from psyche_core.options import collect_option_specs, resolve
+from psyche_core.options import all_option_specs, resolve
 from psyche_core.plugins import Plugins
 
 OPTIMIZERS = {
@@ -35,7 +34,7 @@ OPTIMIZERS = {
 def measure(plugins: Plugins, shared: dict[str, Any], changes: dict[str, Any], skip: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         metrics = Path(tmp) / "m.jsonl"
-        specs = collect_option_specs(plugin_option_specs(plugins))
+        specs = all_option_specs(plugins)
         options = resolve(specs, {**shared, **changes, "metrics": str(metrics)})
         run.train(options, plugins, console=Console(stderr=True, quiet=True))
         rows = [json.loads(line) for line in metrics.read_text().splitlines()]
@@ -72,7 +71,7 @@ def main() -> None:
             key = f"{name}/{peers}-peer{'s' if peers > 1 else ''}"
             extra = {**changes, "data_parallelism": peers, "dp_backend": backend}
             results[key] = measure(plugins, shared, extra, skip=2)
-    from psyche_core.run import resolve_model
+    from psyche_core.resolve import resolve_model
 
     model = resolve_model(plugins, args.model).build(0)
     n_params = model.num_parameters()

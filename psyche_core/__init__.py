@@ -7,7 +7,13 @@ Plugin authors import what they need from here::
 
 from psyche_core.errors import PsycheError
 from psyche_core.hookspecs import hookimpl
-from psyche_core.specs import DataProviderSpec, ModelSpec, OptimizerSpec, OptionSpec
+from psyche_core.specs import (
+    DataProviderSpec,
+    ModelSpec,
+    OptimizerSpec,
+    OptionSpec,
+    ReporterSpec,
+)
 
 __version__ = "0.1.0"
 
@@ -17,6 +23,7 @@ __all__ = [
     "OptimizerSpec",
     "OptionSpec",
     "PsycheError",
+    "ReporterSpec",
     "__version__",
     "hookimpl",
 ]

@@ -131,10 +131,15 @@ class Checkpoint:
         return int(self.trainer["step"])
 
     def peer_state(self, rank: int) -> Any:
-        file = self.path / peer_file_name(rank)
-        if not file.is_file():
-            raise PsycheError(f"{self.path}: {file.name} is missing; the checkpoint is incomplete")
-        return state_from_bytes(file.read_bytes(), str(file))
+        return read_peer_state(self.path, rank)
+
+
+def read_peer_state(path: str | Path, rank: int) -> Any:
+    """Peer ``rank``'s optimizer and RNG state from the checkpoint at ``path``."""
+    file = Path(path) / peer_file_name(rank)
+    if not file.is_file():
+        raise PsycheError(f"{path}: {file.name} is missing; the checkpoint is incomplete")
+    return state_from_bytes(file.read_bytes(), str(file))
 
 
 def read(path: str | Path) -> Checkpoint:

@@ -42,5 +42,10 @@ def register_optimizers(register):
 
 
 @hookspec
+def register_reporters(register):
+    """Register metric reporters: call ``register(ReporterSpec(...))`` once per reporter."""
+
+
+@hookspec
 def register_commands(cli):
     """Add Click commands or groups to the ``psyche`` CLI group ``cli`` (``cli.add_command``)."""

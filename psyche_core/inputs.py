@@ -19,12 +19,11 @@ def check_inputs(
     input_ids: torch.Tensor,
     labels: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
-    loss_scale: float | None = None,
     *,
     vocab_size: int,
     max_length: int | None = None,
 ) -> None:
-    """Shapes, token and label ranges, the context length (``None``: unlimited), loss_scale."""
+    """Shapes, token and label ranges, the context length (``None``: unlimited)."""
     if input_ids.dim() != 2 or input_ids.is_floating_point():
         raise InvalidInputError(
             f"input_ids must be (batch, seq_len) integer token ids, got a {input_ids.dtype} "
@@ -60,8 +59,6 @@ def check_inputs(
         raise InvalidInputError(
             f"position_ids shape {tuple(position_ids.shape)} does not match input_ids {(B, T)}"
         )
-    if loss_scale is not None and not loss_scale > 0:
-        raise InvalidInputError(f"loss_scale must be positive, got {loss_scale}")
 
 
 def check_sequence_lengths(

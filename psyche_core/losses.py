@@ -115,7 +115,6 @@ def causal_lm_output(
     head: torch.nn.Linear,
     labels: Tensor | None = None,
     num_logits_to_keep: int | None = None,
-    loss_scale: float | None = None,
     return_logits: bool = True,
 ) -> CausalLMOutput:
     """The end of every decoder's ``forward``: the LM head on ``(B, T, hidden)`` states and the
@@ -133,6 +132,4 @@ def causal_lm_output(
             raise ValueError("the chunked loss path supports LM heads without a bias")
         targets = shifted_targets(labels).flatten()
         loss = linear_cross_entropy(hidden.flatten(0, 1), head.weight, targets)
-    if loss_scale is not None:
-        loss = loss / loss_scale
     return CausalLMOutput(logits, loss)

@@ -21,6 +21,7 @@ from torch import nn
 from psyche_core import hf
 from psyche_core.comm import Communicator
 from psyche_core.errors import PsycheError
+from psyche_core.options import Options
 
 ConfigT = TypeVar("ConfigT", bound="ModelConfig")
 ModelT = TypeVar("ModelT", bound="CausalLM")
@@ -101,7 +102,9 @@ class CausalLM(nn.Module, ABC):
     #: attention kernels the model implements; the first is the default.
     attn_implementations: ClassVar[tuple[str, ...]] = ("sdpa", "eager")
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, options: Options | None = None) -> None:
+        """``options``: the run's resolved options, for a model that declares its own
+        (``ModelSpec.options``); ``None`` outside a run, meaning those options' defaults."""
         super().__init__()
         self.config = config
         self.attn_implementation = self.attn_implementations[0]
@@ -125,7 +128,6 @@ class CausalLM(nn.Module, ABC):
         position_ids: torch.Tensor | None = None,
         sequence_lengths: Sequence[Sequence[int]] | None = None,
         num_logits_to_keep: int | None = None,
-        loss_scale: float | None = None,
         return_logits: bool = True,
     ) -> CausalLMOutput:
         """Run the model.
@@ -139,8 +141,6 @@ class CausalLM(nn.Module, ABC):
             sequence_lengths: per row, the lengths of the packed documents it holds (summing to
                 T); attention never crosses a document boundary.
             num_logits_to_keep: compute logits only for the last this many positions.
-            loss_scale: divide the loss by this (the trainer passes the number of gradient
-                accumulation micro-batches, as Psyche does).
             return_logits: the trainer passes False when it needs only the loss, so a model
                 may skip materialising ``(B, T, vocab)`` logits (chunked cross entropy); the
                 returned logits may then be ``None``.
@@ -165,9 +165,6 @@ class CausalLM(nn.Module, ABC):
                     nn.init.zeros_(module.bias)
 
     # -- hooks the trainer calls ----------------------------------------------------------------
-
-    def apply_options(self, options: Mapping[str, Any]) -> None:
-        """Read the model's own ``psyche train`` options (declared in ``ModelSpec.options``)."""
 
     def step_end(self, communicator: Communicator) -> dict[str, float]:
         """Called on every peer after each optimizer step, in lockstep.
@@ -217,16 +214,23 @@ class CausalLM(nn.Module, ABC):
         seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = None,
+        attn_implementation: str | None = None,
+        options: Options | None = None,
     ) -> ModelT:
         """A randomly initialised model; the same seed gives the same weights on every machine
-        (init runs on the CPU in float32, then moves to ``device`` / ``dtype``)."""
+        (init runs on the CPU in float32, then moves to ``device`` / ``dtype``).
+        ``attn_implementation`` picks the attention kernel (default: the model's first);
+        ``options`` reach the model's constructor (see :meth:`__init__`)."""
         parsed = cls.parse_config(config)
         with torch.device("cpu"):
-            model = cls(parsed)
+            model = cls(parsed, options)
         generator = torch.Generator(device="cpu").manual_seed(int(seed))
         with torch.no_grad():
             model.init_weights(generator)
-        return model.to(device=device, dtype=hf.parse_dtype(dtype))
+        model = model.to(device=device, dtype=hf.parse_dtype(dtype))
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
+        return model
 
     @classmethod
     def from_pretrained(
@@ -236,19 +240,24 @@ class CausalLM(nn.Module, ABC):
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = None,
         revision: str | None = None,
+        attn_implementation: str | None = None,
+        options: Options | None = None,
     ) -> ModelT:
         """Load a Hugging Face checkpoint: a local directory or a hub repo id.
 
         ``dtype`` defaults to float32 (the checkpoint's own dtype is ignored, as training wants
-        a known precision).
+        a known precision); ``attn_implementation`` and ``options`` as in :meth:`from_config`.
         """
         directory = hf.resolve_checkpoint(source, revision)
         config = cls.parse_config(hf.read_config(directory))
         with torch.device("meta"):
-            model = cls(config)
+            model = cls(config, options)
         state = hf.load_safetensors(directory)
         model.load_hf_state_dict(state, source=str(source), device=device)
-        return model.to(device=device, dtype=hf.parse_dtype(dtype) or torch.float32)
+        model = model.to(device=device, dtype=hf.parse_dtype(dtype) or torch.float32)
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
+        return model
 
     def save_pretrained(
         self,

@@ -31,16 +31,17 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
         "model",
         str,
-        "llama:tiny",
+        None,
         "Model: a registered name (llama), NAME:PRESET (llama:20m), a config.json for "
-        "random init, a local HF checkpoint directory or a Hugging Face repo id.",
+        "random init, a local HF checkpoint directory or a Hugging Face repo id. Default: "
+        "the installed plugins' default model (the tiny Llama with the first-party plugins).",
     ),
     OptionSpec(
         "data-provider",
         str,
         None,
-        "Data provider name; default: local with --data-path, http with --data-url, "
-        "else the embedded sample data.",
+        "Data provider name; default: the one an option implies (local with --data-path, "
+        "http with --data-url), else the embedded sample data.",
     ),
     OptionSpec("data-path", str, None, "Folder of pre-tokenized .ds/.bin/.npy token files."),
     OptionSpec(
@@ -59,8 +60,12 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
         "Sequences per forward/backward; gradients accumulate over the rest of a peer's "
         "share. Default: the whole share at once (Psyche: 8).",
     ),
-    OptionSpec("optimizer", str, "adamw", "Optimizer name (adamw, distro, or a plugin's)."),
-    OptionSpec("distro", bool, False, "Train with DisTrO (same as --optimizer distro)."),
+    OptionSpec(
+        "optimizer",
+        str,
+        None,
+        "Optimizer name (adamw, or a plugin's: distro); default adamw.",
+    ),
     OptionSpec("learning-rate", float, 4e-4, "Peak learning rate."),
     OptionSpec("warmup-steps", int, 20, "Linear warmup steps from 0 (Psyche: 500)."),
     OptionSpec(
@@ -98,7 +103,6 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
     ),
     OptionSpec("start-step", int, 1, "First global step to run (its samples and its LR)."),
     OptionSpec("save-path", str, None, "Directory to write the final model to (HF format)."),
-    OptionSpec("metrics", str, None, "Write one JSON object per step to this JSONL file."),
     OptionSpec(
         "data-parallelism",
         int,
@@ -136,12 +140,6 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
         "the run's recorded options are the defaults.",
     ),
     OptionSpec(
-        "tensorboard",
-        str,
-        None,
-        "Also log metrics to this TensorBoard directory (needs the tensorboard package).",
-    ),
-    OptionSpec(
         "optim-stats",
         bool,
         False,
@@ -174,8 +172,31 @@ class Options(Mapping[str, Any]):
     def replace(self, **changes: Any) -> Options:
         return Options({**self._values, **changes})
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # ``__getattr__`` must not run on a half-built object while unpickling
+        return (Options, (self._values,))
+
+    @classmethod
+    def defaults(cls, specs: Iterable[OptionSpec], **values: Any) -> Options:
+        """Every option of ``specs`` at its default, with ``values`` on top."""
+        return cls({**{spec.key: spec.default for spec in specs}, **values})
+
     def __repr__(self) -> str:
         return f"Options({self._values!r})"
+
+
+def plugin_option_specs(plugins: Any) -> Iterator[tuple[str, OptionSpec]]:
+    """``(owner, spec)`` of every option a registered model, data provider, optimizer or
+    reporter declares."""
+    for registry in (plugins.models, plugins.data_providers, plugins.optimizers, plugins.reporters):
+        for _, spec, owner in registry.items():
+            for option in spec.options:
+                yield owner.distribution or owner.plugin, option
+
+
+def all_option_specs(plugins: Any) -> list[OptionSpec]:
+    """Core options plus every installed plugin's (the set ``psyche train`` accepts)."""
+    return collect_option_specs(plugin_option_specs(plugins))
 
 
 def collect_option_specs(extra: Iterable[tuple[str, OptionSpec]]) -> list[OptionSpec]:

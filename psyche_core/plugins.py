@@ -27,10 +27,17 @@ import pluggy
 from psyche_core import hookspecs
 from psyche_core.errors import PsycheError
 from psyche_core.registry import Owner, Registry
-from psyche_core.specs import DataProviderSpec, ModelSpec, OptimizerSpec
+from psyche_core.specs import DataProviderSpec, ModelSpec, OptimizerSpec, ReporterSpec
 
 ENTRY_POINT_GROUP = "psyche"
-BUILTIN_PLUGINS = ("psyche_core.default_plugins.adamw",)
+BUILTIN_PLUGINS = (
+    "psyche_core.default_plugins.adamw",
+    "psyche_core.default_plugins.sample",
+    "psyche_core.default_plugins.reporters",
+)
+#: what to install when a kind of plugin is missing (the umbrella distribution of first-party
+#: plugins; core names no single plugin)
+INSTALL_HINT = "pip install psyche installs every first-party plugin"
 LOAD_PLUGINS_ENV = "PSYCHE_LOAD_PLUGINS"
 
 
@@ -48,6 +55,7 @@ class PluginInfo:
     models: list[str] = field(default_factory=list)
     data_providers: list[str] = field(default_factory=list)
     optimizers: list[str] = field(default_factory=list)
+    reporters: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
 
     @property
@@ -63,24 +71,24 @@ _HOOKS: tuple[tuple[str, str, type], ...] = (
     ("register_models", "models", ModelSpec),
     ("register_data_providers", "data_providers", DataProviderSpec),
     ("register_optimizers", "optimizers", OptimizerSpec),
+    ("register_reporters", "reporters", ReporterSpec),
 )
 
 
 class Plugins:
-    """The plugins of one process: a pluggy manager plus the three registries."""
+    """The plugins of one process: a pluggy manager plus the four registries."""
 
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
-        self.models: Registry[ModelSpec] = Registry(
-            "model", "Model plugins: pip install psyche-llama (or psyche-deepseek, psyche-hf)."
-        )
+        self.models: Registry[ModelSpec] = Registry("model", f"Model plugins: {INSTALL_HINT}.")
         self.data_providers: Registry[DataProviderSpec] = Registry(
-            "data provider", "Data providers: pip install psyche-data."
+            "data provider", f"Data providers: {INSTALL_HINT}."
         )
         self.optimizers: Registry[OptimizerSpec] = Registry(
-            "optimizer", "Optimizers: pip install psyche-distro."
+            "optimizer", f"Optimizers: {INSTALL_HINT}."
         )
+        self.reporters: Registry[ReporterSpec] = Registry("reporter", f"Reporters: {INSTALL_HINT}.")
         self.infos: list[PluginInfo] = []
         #: how this set was loaded, so worker processes can load the same set
         self.load_args: tuple[bool, tuple[str, ...]] = (False, ())
@@ -223,6 +231,7 @@ class Plugins:
             *self.models.conflicts(),
             *self.data_providers.conflicts(),
             *self.optimizers.conflicts(),
+            *self.reporters.conflicts(),
         ]
 
     def warn_problems(self, stream: TextIO | None = None) -> None:

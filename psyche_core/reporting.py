@@ -1,12 +1,18 @@
-"""Where per-step metrics go: the console (rich) and a JSONL file."""
+"""Where per-step metrics go: the console (rich), a JSONL file, TensorBoard, Weights & Biases.
+
+Each reporter is registered through the ``register_reporters`` hook (core's own in
+``psyche_core.default_plugins.reporters``) with a factory ``(options, run) -> Reporter | None``;
+peer 0 asks every registered factory and keeps the reporters its options switch on.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -17,6 +23,22 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from psyche_core.errors import PsycheError
+
+if TYPE_CHECKING:
+    from psyche_core.model import CausalLM
+    from psyche_core.plan import RunPlan
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a reporter factory may need besides the options."""
+
+    console: Console
+    first_step: int
+    total_steps: int
+    record: dict[str, Any]  # the run record (options, model, plugins), as checkpoints hold it
 
 
 class JsonlMetrics:
@@ -71,8 +93,6 @@ class TensorBoardMetrics:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            from psyche_core.errors import PsycheError
-
             raise PsycheError(
                 "--tensorboard needs tensorboard: pip install 'psyche-core[tensorboard]'"
             ) from None
@@ -136,3 +156,106 @@ class ConsoleProgress:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+class WandbMetrics:
+    """Scalars to Weights & Biases (``--wandb-project NAME``; ``WANDB_MODE=offline`` writes a
+    local run that ``wandb sync`` uploads later)."""
+
+    def __init__(self, project: str, name: str | None, record: dict[str, Any]) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise PsycheError(
+                "--wandb-project needs wandb: pip install 'psyche-core[wandb]'"
+            ) from None
+        self._wandb = wandb
+        self._run = wandb.init(project=project, name=name, config=record.get("options", {}))
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        pass
+
+    def on_step(self, metrics: dict[str, Any]) -> None:
+        scalars = {
+            k: v
+            for k, v in metrics.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        self._run.log(scalars, step=metrics["step"])
+
+    def on_end(self, summary: dict[str, Any]) -> None:
+        self._run.finish()
+
+
+# -- factories (registered by psyche_core.default_plugins.reporters) ----------------------------
+
+
+def console_reporter(options: Any, run: RunInfo) -> ConsoleProgress:
+    return ConsoleProgress(run.console, run.total_steps)
+
+
+def jsonl_reporter(options: Any, run: RunInfo) -> JsonlMetrics | None:
+    if not options.metrics:
+        return None
+    return JsonlMetrics(options.metrics, resume_at=run.first_step)
+
+
+def tensorboard_reporter(options: Any, run: RunInfo) -> TensorBoardMetrics | None:
+    return TensorBoardMetrics(options.tensorboard) if options.tensorboard else None
+
+
+def wandb_reporter(options: Any, run: RunInfo) -> WandbMetrics | None:
+    if not options.wandb_project:
+        return None
+    return WandbMetrics(options.wandb_project, options.wandb_name, run.record)
+
+
+# -- the run's first and last lines --------------------------------------------------------------
+
+
+def print_header(console: Console, plan: RunPlan, model: CausalLM, data: Any, device: Any) -> None:
+    from psyche_core import hf
+
+    options = plan.options
+    dtype = next(model.parameters()).dtype
+    console.print(
+        f"[bold]psyche train[/bold]  model {plan.model.label} "
+        f"({model.num_parameters() / 1e6:.2f}M params, {hf.dtype_name(dtype)}, {device})",
+        highlight=False,
+    )
+    if plan.model.note:
+        console.print(f"  {plan.model.note}", highlight=False)
+    console.print(f"  data      {data.describe()}", highlight=False)
+    console.print(
+        f"  optimizer {plan.optimizer.name}, lr {options.learning_rate:g} (warmup "
+        f"{options.warmup_steps}, cosine to {options.learning_rate / 10:g} at step "
+        f"{options.total_steps})",
+        highlight=False,
+    )
+    console.print(
+        f"  batch     {options.total_batch} x {options.sequence_length} tokens over "
+        f"{plan.world_size} peer(s), steps {options.start_step}..{options.total_steps}",
+        highlight=False,
+    )
+
+
+def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    if summary["last_step"] < summary["first_step"]:
+        console.print("no steps run", highlight=False)
+        return
+    tokens = summary["tokens"]
+    rate = tokens / summary["elapsed_s"] if summary["elapsed_s"] else 0.0
+    line = (
+        f"done: steps {summary['first_step']}..{summary['last_step']}, final loss "
+        f"{summary['loss']:.4f}, {summary['elapsed_s']:.1f}s, {rate:,.0f} tokens/s"
+    )
+    if summary.get("stopped"):
+        line = f"stopped after step {summary['last_step']}; " + line
+    console.print(line, highlight=False)
+    if summary.get("checkpoint"):
+        console.print(
+            f"checkpoint: {summary['checkpoint']} (continue with --resume {summary['checkpoint']})",
+            highlight=False,
+        )
+    if summary.get("saved"):
+        console.print(f"saved model to {summary['saved']}", highlight=False)

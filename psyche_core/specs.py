@@ -7,6 +7,7 @@ only when a run actually uses the thing.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,25 @@ def _frozen_mapping(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(value))
 
 
+def _thawed(value: Any) -> Any:
+    """Read-only mappings as plain dicts (``MappingProxyType`` does not pickle)."""
+    if isinstance(value, Mapping):
+        return {k: _thawed(v) for k, v in value.items()}
+    return value
+
+
+class _Picklable:
+    """Specs travel inside the run plan to worker processes: pickle them by their fields."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = {f.name: _thawed(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return (_rebuild, (type(self), fields))
+
+
+def _rebuild(cls: type, fields: dict[str, Any]) -> Any:
+    return cls(**fields)
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """An extra ``psyche train`` option a registration needs.
@@ -63,7 +83,7 @@ class OptionSpec:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(_Picklable):
     """A causal LM a plugin provides.
 
     Attributes:
@@ -74,11 +94,18 @@ class ModelSpec:
         presets: named configs (plain dicts of HF config.json fields) that train from random
             init; ``--model llama:tiny`` picks one.
         default_preset: the preset ``--model llama`` means; the first preset if not given.
-        options: extra ``psyche train`` options the model reads.
+        options: extra ``psyche train`` options the model reads; the model's constructor
+            receives them as ``options.<key>``.
         description: one line for ``psyche list-plugins``.
         fallback: load any HF checkpoint or config whose ``model_type`` and ``architectures``
             no other installed model claims (psyche-hf wraps transformers this way). Consulted
             only after every native match; ``model_types`` still lists what it is tested on.
+        default_priority: offer ``NAME:default_preset`` as the model ``psyche train`` trains
+            when ``--model`` is not given; the installed model with the highest priority wins
+            (``None``: never the default).
+        checkpoint_option / config_option: keys of this model's own options naming a checkpoint
+            to load / a config.json to initialise, for ``--model NAME`` without a preset
+            (psyche-hf: ``--hf-model`` / ``--hf-config``).
     """
 
     name: str
@@ -90,6 +117,9 @@ class ModelSpec:
     options: tuple[OptionSpec, ...] = ()
     description: str = ""
     fallback: bool = False
+    default_priority: int | None = None
+    checkpoint_option: str | None = None
+    config_option: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_types", tuple(self.model_types))
@@ -102,6 +132,10 @@ class ModelSpec:
                 f"model {self.name!r}: default_preset {self.default_preset!r} is not one of its "
                 f"presets ({', '.join(presets) or 'none'})"
             )
+        declared = {option.key for option in self.options}
+        for key in (self.checkpoint_option, self.config_option):
+            if key is not None and key not in declared:
+                raise PsycheError(f"model {self.name!r}: {key!r} is not one of its options")
 
     @property
     def preset_for_default(self) -> str | None:
@@ -115,13 +149,21 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class _FactorySpec:
-    """A name, a lazy ``"module:function"`` factory and the options it reads."""
+class _FactorySpec(_Picklable):
+    """A name, a lazy ``"module:function"`` factory and the options it reads.
+
+    ``implied_by``: an option key whose value, when set, chooses this registration where the
+    user did not name one (``data_path`` chooses the local provider, ``distro`` the DisTrO
+    optimizer). ``default_priority``: the registration used when nothing names or implies one;
+    the highest installed priority wins (``None``: never the default).
+    """
 
     name: str
     factory: str
     options: tuple[OptionSpec, ...] = ()
     description: str = ""
+    implied_by: str | None = None
+    default_priority: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", tuple(self.options))
@@ -133,13 +175,25 @@ class _FactorySpec:
 
 @dataclass(frozen=True)
 class DataProviderSpec(_FactorySpec):
-    """A data provider: ``factory(options) -> DataProvider``.
+    """A data provider: ``factory(options, providers) -> DataProvider``.
 
     ``options`` is a :class:`psyche_core.options.Options` holding every resolved ``psyche train``
-    option (``options.data_path``, ``options.sequence_length``, ``options.seed`` ...).
+    option (``options.data_path``, ``options.sequence_length``, ``options.seed`` ...);
+    ``providers`` is the registry of installed data providers, for a provider built from
+    others (a weighted mixture).
     """
 
 
 @dataclass(frozen=True)
 class OptimizerSpec(_FactorySpec):
     """An optimizer: ``factory(model, options) -> Optimizer``."""
+
+
+@dataclass(frozen=True)
+class ReporterSpec(_FactorySpec):
+    """Where metrics go: ``factory(options, run) -> Reporter | None`` on peer 0.
+
+    ``run`` is a :class:`psyche_core.reporting.RunInfo` (console, first and last step, the run
+    record); the factory returns ``None`` when its options leave it off (no ``--metrics``).
+    Every registered reporter is asked, in name order.
+    """

@@ -207,13 +207,15 @@ class Trainer:
                 labels=batch.labels,
                 position_ids=batch.position_ids,
                 sequence_lengths=batch.sequence_lengths,
-                loss_scale=float(n_micro),
                 return_logits=False,
             )
             if output.loss is None:
                 raise PsycheError(f"{type(self.model).__name__}.forward returned no loss")
-            output.loss.backward()
-            total += output.loss.detach().float().cpu()
+            # Each micro-batch's mean loss counts 1/n_micro, so the accumulated gradient is
+            # the gradient of the peer's mean loss (Psyche scales the same way).
+            loss = output.loss / n_micro
+            loss.backward()
+            total += loss.detach().float().cpu()
             tokens += batch.num_tokens
             if accumulators is not None:
                 for p, acc in accumulators:

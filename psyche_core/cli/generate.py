@@ -50,8 +50,9 @@ def make_generate_command(plugins: Plugins) -> click.Command:
 
         Prints the new token ids, then (with --tokenizer) the decoded text.
         """
-        from psyche_core import run
         from psyche_core.generation import generate
+        from psyche_core.options import Options, all_option_specs
+        from psyche_core.resolve import resolve_device, resolve_model
 
         encoder = _load_tokenizer(tokenizer) if tokenizer else None
         if (prompt_ids is None) == (prompt is None):
@@ -67,8 +68,10 @@ def make_generate_command(plugins: Plugins) -> click.Command:
                 raise PsycheError(
                     f"--prompt-ids {prompt_ids!r}: expected integers like 1,2,3"
                 ) from None
-        choice = run.resolve_model(plugins, model_ref)
-        model = choice.build(seed, device=run.resolve_device(device))
+        # built exactly as `psyche train` builds it, with every option at its default
+        options = Options.defaults(all_option_specs(plugins), model=model_ref, device=device)
+        choice = resolve_model(plugins, model_ref, options)
+        model = choice.build(seed, device=resolve_device(device), options=options)
         new = generate(model, ids, max_new_tokens, temperature, top_k, top_p, seed)
         click.echo(",".join(str(t) for t in new))
         if encoder is not None:

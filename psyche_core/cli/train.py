@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
 from psyche_core.errors import PsycheError
-from psyche_core.options import collect_option_specs
+from psyche_core.options import collect_option_specs, plugin_option_specs
 from psyche_core.plugins import Plugins
 from psyche_core.signals import stop_on_signals
 from psyche_core.specs import OptionSpec
-
-
-def plugin_option_specs(plugins: Plugins) -> Iterator[tuple[str, OptionSpec]]:
-    for registry in (plugins.models, plugins.data_providers, plugins.optimizers):
-        for _, spec, owner in registry.items():
-            for option in spec.options:
-                yield owner.distribution or owner.plugin, option
 
 
 def click_option(spec: OptionSpec, owner: str | None = None) -> click.Option:
@@ -42,9 +34,10 @@ def click_option(spec: OptionSpec, owner: str | None = None) -> click.Option:
 
 TRAIN_HELP = """Train a causal LM.
 
-With no arguments: the tiny built-in Llama on the embedded sample data, in about two minutes
-on a laptop CPU. Every option can also come from a TOML file (--config run.toml, keys named like
-the flags); flags given on the command line win over the file.
+With no arguments: the installed plugins' default model (the tiny Llama with the first-party
+plugins) on the embedded sample data, in about two minutes on a laptop CPU. Every option can also
+come from a TOML file (--config run.toml, keys named like the flags); flags given on the command
+line win over the file.
 """
 
 
@@ -72,9 +65,9 @@ def make_train_command(plugins: Plugins) -> click.Command:
             for key, value in values.items()
             if ctx.get_parameter_source(key) is ParameterSource.COMMANDLINE
         }
-        from psyche_core import run  # torch is imported only when training
+        from psyche_core import plan, run  # torch is imported only when training
 
-        options = run.resolve_run_options(specs, given, config)
+        options = plan.resolve_run_options(specs, given, config)
         with stop_on_signals() as stop:
             summary = run.train(options, plugins, stop=stop)
         if summary.get("stopped"):

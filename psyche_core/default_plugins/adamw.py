@@ -10,6 +10,7 @@ def register_optimizers(register):
         OptimizerSpec(
             name="adamw",
             factory="psyche_core.adamw:build_adamw",
+            default_priority=0,
             description="torch AdamW on the data-parallel mean gradient",
         )
     )

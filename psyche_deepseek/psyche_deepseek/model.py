@@ -22,7 +22,6 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +32,7 @@ from psyche_core.errors import PsycheError
 from psyche_core.inputs import check_inputs, document_layout
 from psyche_core.losses import causal_lm_output
 from psyche_core.model import CausalLM, CausalLMOutput
+from psyche_core.options import Options
 from psyche_deepseek.config import DeepseekV2Config, DeepseekV3Config
 from psyche_deepseek.functional import rms_norm
 from psyche_deepseek.moe import MLP, Experts, MoE, TopkRouter, balance_step
@@ -309,12 +309,13 @@ class DeepseekForCausalLM(CausalLM):
     config_class = DeepseekV3Config
     config: DeepseekV2Config
 
-    def __init__(self, config: DeepseekV2Config) -> None:
-        super().__init__(config)
+    def __init__(self, config: DeepseekV2Config, options: Options | None = None) -> None:
+        super().__init__(config, options)
         self.model = DeepseekModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.bias_update_rate = 0.0
         self.tie_weights()
+        rate = 0.0 if options is None else options.moe_bias_update_rate
+        self.bias_update_rate = self._checked_bias_update_rate(rate)
 
     # -- forward -------------------------------------------------------------------------------
 
@@ -325,14 +326,12 @@ class DeepseekForCausalLM(CausalLM):
         position_ids: torch.Tensor | None = None,
         sequence_lengths: Sequence[Sequence[int]] | None = None,
         num_logits_to_keep: int | None = None,
-        loss_scale: float | None = None,
         return_logits: bool = True,
     ) -> CausalLMOutput:
         check_inputs(
             input_ids,
             labels,
             position_ids,
-            loss_scale,
             vocab_size=self.vocab_size,
             max_length=self.max_context_length,
         )
@@ -346,9 +345,7 @@ class DeepseekForCausalLM(CausalLM):
             positions = position_ids.reshape(-1, length)
         hidden = self.model(input_ids, positions, mask, self.attn_implementation)
 
-        return causal_lm_output(
-            hidden, self.lm_head, labels, num_logits_to_keep, loss_scale, return_logits
-        )
+        return causal_lm_output(hidden, self.lm_head, labels, num_logits_to_keep, return_logits)
 
     # -- init and weights ------------------------------------------------------------------------
 
@@ -419,10 +416,9 @@ class DeepseekForCausalLM(CausalLM):
             if isinstance(layer.mlp, MoE)
         ]
 
-    def apply_options(self, options: Mapping[str, Any]) -> None:
-        """``moe-bias-update-rate``: auxiliary-loss-free balancing step size (0 = off)."""
-        rate = options.get("moe_bias_update_rate", options.get("moe-bias-update-rate", 0.0))
-        rate = float(rate or 0.0)
+    def _checked_bias_update_rate(self, rate: float) -> float:
+        """``--moe-bias-update-rate``: auxiliary-loss-free balancing step size (0 = off)."""
+        rate = float(rate)
         if rate < 0:
             raise PsycheError(f"--moe-bias-update-rate must be >= 0, got {rate}")
         routers = self.moe_routers()
@@ -431,7 +427,7 @@ class DeepseekForCausalLM(CausalLM):
                 "--moe-bias-update-rate needs MoE layers routed with topk_method 'noaux_tc' "
                 f"(this model: {self.config.topk_method}, {len(routers)} MoE layers)"
             )
-        self.bias_update_rate = rate
+        return rate
 
     def step_end(self, communicator: Communicator) -> dict[str, float]:
         """Sum the step's expert loads over peers, apply the bias update (if on) and return the

@@ -25,6 +25,7 @@ def register_models(register):
             architectures=("DeepseekV3ForCausalLM",),
             presets=V3_PRESETS,
             default_preset=DEFAULT_PRESET,
+            default_priority=50,
             options=(BIAS_UPDATE_RATE,),
             description="DeepSeek-V3 (MLA, sigmoid-routed MoE with bias balancing); "
             "transformers checkpoints",

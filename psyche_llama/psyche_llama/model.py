@@ -35,6 +35,7 @@ from psyche_core.errors import PsycheError
 from psyche_core.inputs import check_inputs, document_layout
 from psyche_core.losses import causal_lm_output
 from psyche_core.model import CausalLM, CausalLMOutput, ModelConfig
+from psyche_core.options import Options
 
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
@@ -345,8 +346,8 @@ class LlamaForCausalLM(CausalLM):
     config_class = LlamaConfig
     config: LlamaConfig
 
-    def __init__(self, config: LlamaConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: LlamaConfig, options: Options | None = None) -> None:
+        super().__init__(config, options)
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
@@ -375,22 +376,18 @@ class LlamaForCausalLM(CausalLM):
         position_ids: torch.Tensor | None = None,
         sequence_lengths: Sequence[Sequence[int]] | None = None,
         num_logits_to_keep: int | None = None,
-        loss_scale: float | None = None,
         return_logits: bool = True,
     ) -> CausalLMOutput:
-        self._check_inputs(input_ids, labels, position_ids, loss_scale)
+        self._check_inputs(input_ids, labels, position_ids)
         position_ids, mask = self._positions_and_mask(input_ids, position_ids, sequence_lengths)
         hidden = self.model(input_ids, position_ids, mask, self.attn_implementation)
-        return causal_lm_output(
-            hidden, self.lm_head, labels, num_logits_to_keep, loss_scale, return_logits
-        )
+        return causal_lm_output(hidden, self.lm_head, labels, num_logits_to_keep, return_logits)
 
     def _check_inputs(
         self,
         input_ids: torch.Tensor,
         labels: torch.Tensor | None,
         position_ids: torch.Tensor | None,
-        loss_scale: float | None,
     ) -> None:
         # dynamic NTK scaling exists to run past the trained context; the others do not
         dynamic = self.config.rope_type == "dynamic"
@@ -398,7 +395,6 @@ class LlamaForCausalLM(CausalLM):
             input_ids,
             labels,
             position_ids,
-            loss_scale,
             vocab_size=self.config.vocab_size,
             max_length=None if dynamic else self.config.max_position_embeddings,
         )

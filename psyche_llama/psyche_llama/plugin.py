@@ -16,6 +16,7 @@ def register_models(register):
             architectures=("LlamaForCausalLM",),
             presets=PRESETS,
             default_preset=DEFAULT_PRESET,
+            default_priority=100,  # `psyche train` with no --model: the quick start's model
             description="Llama 2 / Llama 3 (GQA, RoPE scaling, SwiGLU); transformers checkpoints",
         )
     )

@@ -6,15 +6,17 @@ import time
 import torch
 
 from psyche_core.options import collect_option_specs, resolve
+from psyche_core.peer import check_same_config
+from psyche_core.plan import config_fingerprint
 from psyche_core.plugins import Plugins
-from psyche_core.run import check_same_config
 from tests.core import toy_plugin
 
 
 def mismatched_config(comm, _):
     learning_rate = 1e-3 if comm.rank == 0 else 2e-3
     options = resolve(collect_option_specs([]), {"learning_rate": learning_rate})
-    check_same_config(comm, options, Plugins.load(entry_points=False, extra=[toy_plugin]))
+    plugins = Plugins.load(entry_points=False, extra=[toy_plugin])
+    check_same_config(comm, config_fingerprint(options, plugins))
 
 
 def one_peer_dies(comm, _):

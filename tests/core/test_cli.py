@@ -66,7 +66,6 @@ def test_train_help_documents_every_psyche_flag(plugins):
         "--max-grad-norm",
         "--device",
         "--grad-accum-in-fp32",
-        "--distro",
         "--attn-implementation",
         "--start-step",
         "--seed",
@@ -98,7 +97,7 @@ def test_train_runs_from_toml_with_flags_winning(plugins, tmp_path, capsys):
     "args, message",
     [
         (["--model", "gpt5"], "error: unknown model 'gpt5'"),
-        (["--model", "toy:huge"], "error: model 'toy' has no preset 'huge'; its presets: tiny"),
+        (["--model", "toy:huge"], "error: model 'toy' has no preset 'huge'; its presets: toy:tiny"),
         (["--optimizer", "adamx"], "error: unknown optimizer 'adamx'; did you mean 'adamw'?"),
         (["--data-provider", "nope"], "error: unknown data provider 'nope'"),
         (["--total-batch", "6", "--micro-batch", "4"], "must be a multiple of --micro-batch 4"),

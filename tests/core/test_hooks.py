@@ -1,11 +1,19 @@
 """One test per hook, through a real plugin module registered with the plugin manager."""
 
 import types
+from typing import ClassVar
 
 import click
 from click.testing import CliRunner
 
-from psyche_core import DataProviderSpec, ModelSpec, OptimizerSpec, OptionSpec, hookimpl
+from psyche_core import (
+    DataProviderSpec,
+    ModelSpec,
+    OptimizerSpec,
+    OptionSpec,
+    ReporterSpec,
+    hookimpl,
+)
 from psyche_core.cli import make_cli
 from psyche_core.plugins import Plugins
 
@@ -42,6 +50,61 @@ def test_hook_register_optimizers():
         register(OptimizerSpec(name="o", factory="a:b"))
 
     assert plugin(register_optimizers=register_optimizers).optimizers.names() == ["adamw", "o"]
+
+
+class RecordingReporter:
+    """Keeps what the trainer reports, for the reporter hook's test."""
+
+    runs: ClassVar[list[list[tuple[str, object]]]] = []
+
+    def __init__(self, label: str) -> None:
+        self.events: list[tuple[str, object]] = [("label", label)]
+        RecordingReporter.runs.append(self.events)
+
+    def on_start(self, info):
+        self.events.append(("start", info["first_step"]))
+
+    def on_step(self, metrics):
+        self.events.append(("step", metrics["step"]))
+
+    def on_end(self, summary):
+        self.events.append(("end", summary["last_step"]))
+
+
+def recording_reporter(options, run):
+    return RecordingReporter(options.record_label) if options.record_label else None
+
+
+def test_hook_register_reporters(tmp_path):
+    from psyche_core import run
+    from psyche_core.options import all_option_specs, resolve
+    from tests.core import toy_plugin
+
+    def register_reporters(register):
+        register(
+            ReporterSpec(
+                name="recorder",
+                factory="tests.core.test_hooks:recording_reporter",
+                options=(OptionSpec("record-label", str, None, "Record steps under this label."),),
+            )
+        )
+
+    module = types.ModuleType("hook_test_plugin")
+    module.register_reporters = hookimpl(register_reporters)
+    plugins = Plugins.load(entry_points=False, extra=[module, toy_plugin])
+    assert "recorder" in plugins.reporters.names() and "jsonl" in plugins.reporters.names()
+    help_text = CliRunner().invoke(make_cli(plugins), ["train", "--help"]).output
+    assert "--record-label" in help_text
+    flags = {"model": "toy", "data_provider": "toy", "sequence_length": 8, "total_batch": 2}
+    flags.update(total_steps=3, warmup_steps=1, record_label="a")
+    RecordingReporter.runs.clear()
+    run.train(resolve(all_option_specs(plugins), flags), plugins)
+    assert RecordingReporter.runs == [
+        [("label", "a"), ("start", 1), ("step", 1), ("step", 2), ("step", 3), ("end", 3)]
+    ]
+    # off unless its option is given
+    run.train(resolve(all_option_specs(plugins), {**flags, "record_label": None}), plugins)
+    assert len(RecordingReporter.runs) == 1
 
 
 def test_hook_register_commands():

@@ -21,6 +21,7 @@ def test_there_are_hooks():
         "register_data_providers",
         "register_models",
         "register_optimizers",
+        "register_reporters",
     ]
 
 

@@ -30,7 +30,6 @@ def test_document_layout_restarts_positions_and_blocks_attention():
         ({"labels": torch.tensor([[1, 50]])}, "label 50 is outside the vocabulary"),
         ({"labels": torch.tensor([[1]])}, "labels shape (1, 1) differs"),
         ({"position_ids": torch.zeros(1, 3, dtype=torch.long)}, "position_ids shape (1, 3)"),
-        ({"loss_scale": 0.0}, "loss_scale must be positive"),
     ],
 )
 def test_bad_inputs_are_one_clear_error(kwargs, message):
@@ -43,6 +42,6 @@ def test_bad_inputs_are_one_clear_error(kwargs, message):
 
 def test_good_inputs_and_ignored_labels_pass():
     ids = torch.tensor([[1, 2, 3]])
-    check_inputs(ids, torch.tensor([[-100, 2, 31]]), torch.arange(3)[None], 2.0, vocab_size=32)
+    check_inputs(ids, torch.tensor([[-100, 2, 31]]), torch.arange(3)[None], vocab_size=32)
     with pytest.raises(InvalidInputError, match=r"sequence_lengths\[0\] = \[2, 2\]"):
         document_layout([[2, 2]], 1, 3, torch.device("cpu"))

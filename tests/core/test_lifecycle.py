@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from psyche_core import checkpoint, run
+from psyche_core import checkpoint, plan, run
 from psyche_core.errors import PsycheError
-from psyche_core.options import collect_option_specs
-from tests.core.test_trainer import read_metrics
+from tests.core.test_trainer import CORE_AND_BUILTIN, read_metrics
 from tests.core.toy_plugin import ToyForCausalLM
 
 ROOT = Path(__file__).resolve().parents[2]
-SPECS = collect_option_specs([])
+SPECS = CORE_AND_BUILTIN
 
 
 def flags(tmp_path, **overrides):
@@ -41,7 +40,7 @@ def flags(tmp_path, **overrides):
 
 
 def train(plugins, command_line, toml=None):
-    return run.train(run.resolve_run_options(SPECS, command_line, toml), plugins)
+    return run.train(plan.resolve_run_options(SPECS, command_line, toml), plugins)
 
 
 def test_resumed_adamw_run_equals_the_uninterrupted_one_bit_for_bit(tmp_path, plugins):
@@ -114,7 +113,7 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, plu
         train(plugins, flags(tmp_path))
     monkeypatch.undo()
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["step-000004"]
-    options = run.resolve_run_options(SPECS, {"resume": str(tmp_path / "run")}, None)
+    options = plan.resolve_run_options(SPECS, {"resume": str(tmp_path / "run")}, None)
     assert options.start_step == 5
     ToyForCausalLM.from_pretrained(tmp_path / "run" / "step-000004")
 
@@ -124,15 +123,15 @@ def test_resume_refuses_a_changed_run_and_damaged_checkpoints(tmp_path, plugins)
     ckpt = tmp_path / "run" / "step-000004"
     before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
     with pytest.raises(PsycheError, match="--total-batch 16 differs from the checkpoint's 8"):
-        run.resolve_run_options(SPECS, {"resume": str(ckpt), "total_batch": 16}, None)
+        plan.resolve_run_options(SPECS, {"resume": str(ckpt), "total_batch": 16}, None)
     with pytest.raises(PsycheError, match="--model 'toy:other' differs"):
-        run.resolve_run_options(SPECS, {"resume": str(ckpt), "model": "toy:other"}, None)
+        plan.resolve_run_options(SPECS, {"resume": str(ckpt), "model": "toy:other"}, None)
     with pytest.raises(PsycheError, match="at step 4, the run's last"):
-        run.resolve_run_options(SPECS, {"resume": str(ckpt)}, None)
+        plan.resolve_run_options(SPECS, {"resume": str(ckpt)}, None)
     with pytest.raises(PsycheError, match="give only one"):
-        run.resolve_run_options(SPECS, {"resume": str(ckpt), "start_step": 2}, None)
+        plan.resolve_run_options(SPECS, {"resume": str(ckpt), "start_step": 2}, None)
     with pytest.raises(PsycheError, match="no checkpoint here"):
-        run.resolve_run_options(SPECS, {"resume": str(tmp_path)}, None)
+        plan.resolve_run_options(SPECS, {"resume": str(tmp_path)}, None)
     assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before  # nothing overwritten
 
     (ckpt / "peer-00000.safetensors").write_bytes(b"garbage")
@@ -144,10 +143,10 @@ def test_resume_refuses_a_changed_run_and_damaged_checkpoints(tmp_path, plugins)
     trainer = json.loads((ckpt / "trainer.json").read_text())
     (ckpt / "trainer.json").write_text(json.dumps({**trainer, "format": 99}))
     with pytest.raises(PsycheError, match="checkpoint format 99 is not supported"):
-        run.resolve_run_options(SPECS, {"resume": str(ckpt), "total_steps": 6}, None)
+        plan.resolve_run_options(SPECS, {"resume": str(ckpt), "total_steps": 6}, None)
     (ckpt / "trainer.json").write_text("{")
     with pytest.raises(PsycheError, match="trainer.json: damaged"):
-        run.resolve_run_options(SPECS, {"resume": str(ckpt), "total_steps": 6}, None)
+        plan.resolve_run_options(SPECS, {"resume": str(ckpt), "total_steps": 6}, None)
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,16 @@ from psyche_core.adamw import AdamW
 from psyche_core.comm import run_local_peers
 from psyche_core.errors import PsycheError
 from psyche_core.optim import Optimizer, clip_grad_norm_, grad_norm
-from psyche_core.options import collect_option_specs, resolve
+from psyche_core.options import all_option_specs, resolve
+from psyche_core.plugins import Plugins
 from psyche_core.schedule import ConstantLR
 from psyche_core.trainer import Trainer, TrainerConfig, plan_batches
 from tests.core.toy_plugin import PatternData, ToyForCausalLM
 
 TOY = {"vocab_size": 32, "hidden_size": 16}
+
+# core's options and its built-in plugins' (the reporters declare --metrics)
+CORE_AND_BUILTIN = all_option_specs(Plugins.load(entry_points=False))
 
 
 class CaptureGrads(Optimizer):
@@ -149,7 +153,7 @@ def options(tmp_path, **overrides):
         "save_path": str(tmp_path / "model"),
         **overrides,
     }
-    return resolve(collect_option_specs([]), values)
+    return resolve(CORE_AND_BUILTIN, values)
 
 
 def read_metrics(path):
@@ -211,7 +215,7 @@ def test_adamw_takes_betas_eps_and_weight_decay_from_the_flags(tmp_path):
 
 def test_a_fallback_model_loads_what_no_native_plugin_claims(plugins, tmp_path):
     from psyche_core import ModelSpec
-    from psyche_core.run import resolve_model, spec_for_config
+    from psyche_core.resolve import resolve_model, spec_for_config
 
     plugins.models.add(
         "anything",

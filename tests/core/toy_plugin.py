@@ -34,8 +34,8 @@ class ToyConfig(ModelConfig):
 class ToyForCausalLM(CausalLM):
     config_class = ToyConfig
 
-    def __init__(self, config: ToyConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: ToyConfig, options=None) -> None:
+        super().__init__(config, options)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.mix = nn.Linear(2 * config.hidden_size, config.hidden_size)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
@@ -47,7 +47,6 @@ class ToyForCausalLM(CausalLM):
         position_ids=None,
         sequence_lengths=None,
         num_logits_to_keep=None,
-        loss_scale=None,
         return_logits=True,
     ):
         h = self.embed_tokens(input_ids)  # (B, T, H)
@@ -67,8 +66,6 @@ class ToyForCausalLM(CausalLM):
                 labels[:, 1:].reshape(-1),
                 ignore_index=-100,
             )
-            if loss_scale is not None:
-                loss = loss / loss_scale
         if num_logits_to_keep:
             logits = logits[:, -num_logits_to_keep:]
         return CausalLMOutput(logits, loss)
@@ -99,7 +96,7 @@ class PatternData(DataProvider):
         return out
 
 
-def build_data(options):
+def build_data(options, providers=None):
     return PatternData(options.sequence_length)
 
 

@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 from data_helpers import make_options, write_tokens
 
+import psyche_data.plugin
 from psyche_core.data import DataProvider, TokenizedData
 from psyche_core.errors import PsycheError
+from psyche_core.plugins import Plugins
 from psyche_data.weighted import WeightedDataProvider, allocate, build_weighted
+
+PROVIDERS = Plugins.load(entry_points=False, extra=[psyche_data.plugin]).data_providers
 
 
 class Constant(DataProvider):
@@ -103,13 +107,13 @@ def test_built_from_toml_tables(two_folders):
             {"data_path": str(two_folders / "two"), "token-size": 4, "weight": 0.75},
         ],
     )
-    with build_weighted(options) as mix:
+    with build_weighted(options, PROVIDERS) as mix:
         assert mix.num_sequences == 40 + 80
         assert mix.counts == [30, 90]
         tags = [s.input_ids[0] for s in mix.get_samples(range(120))]
         assert tags.count(1) == 30
         assert "#1 local 25.0%" in mix.describe()
-        again = build_weighted(options)
+        again = build_weighted(options, PROVIDERS)
         assert [s.input_ids[0] for s in again.get_samples(range(120))] == tags
 
 
@@ -118,7 +122,7 @@ def test_sample_provider_in_a_mixture(two_folders):
         sequence_length=10,
         weighted=[{"provider": "sample"}, {"data-path": str(two_folders / "one")}],
     )
-    with build_weighted(options) as mix:
+    with build_weighted(options, PROVIDERS) as mix:
         assert mix.counts[1] == 40
         assert len(mix.get_samples(range(5))[0].input_ids) == 10
 
@@ -143,7 +147,7 @@ def test_sample_provider_in_a_mixture(two_folders):
 def test_bad_tables(entries, message, monkeypatch):
     monkeypatch.setenv("PSYCHE_LOAD_PLUGINS", "")  # no installed plugins: hermetic
     with pytest.raises(PsycheError, match=message):
-        build_weighted(make_options(sequence_length=10, weighted=entries))
+        build_weighted(make_options(sequence_length=10, weighted=entries), PROVIDERS)
 
 
 def test_failure_closes_the_providers_already_built(monkeypatch):
@@ -157,5 +161,5 @@ def test_failure_closes_the_providers_already_built(monkeypatch):
     monkeypatch.setattr(module, "_factory", lambda name: factory)
     entries = [{"provider": "a", "weight": 1}, {"provider": "b", "weight": -1}]
     with pytest.raises(PsycheError):
-        build_weighted(make_options(weighted=entries))
+        build_weighted(make_options(weighted=entries), PROVIDERS)
     assert built and all(p.closed for p in built)

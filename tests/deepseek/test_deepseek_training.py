@@ -60,7 +60,6 @@ def test_loss_contract():
         logits[:, :-1].reshape(-1, TINY["vocab_size"]), labels[:, 1:].reshape(-1)
     )
     torch.testing.assert_close(loss, manual)
-    torch.testing.assert_close(model(ids, labels=labels, loss_scale=4.0)[1], loss / 4)
     lean_logits, lean = model(ids, labels=labels, return_logits=False)
     assert lean_logits is None
     torch.testing.assert_close(lean, loss)
@@ -88,6 +87,10 @@ def test_chunked_fused_loss_matches(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def rate_options(rate: float) -> Options:
+    return Options({"moe_bias_update_rate": rate})
+
+
 def _train_forward(model, seed: int) -> None:
     model.train()
     ids = _ids(4, 32, seed)
@@ -95,8 +98,7 @@ def _train_forward(model, seed: int) -> None:
 
 
 def test_bias_update_follows_the_sign_rule():
-    model = DeepseekV3ForCausalLM.from_config(TINY, seed=1)
-    model.apply_options(Options({"moe_bias_update_rate": 0.01}))
+    model = DeepseekV3ForCausalLM.from_config(TINY, seed=1, options=rate_options(0.01))
     routers = model.moe_routers()
     assert [i for i, _ in routers] == [1, 2]
     _train_forward(model, seed=5)
@@ -123,7 +125,6 @@ def test_bias_update_follows_the_sign_rule():
 
 def test_metrics_without_bias_update_and_eval_is_not_counted():
     model = DeepseekV3ForCausalLM.from_config(TINY, seed=1)
-    model.apply_options({})
     bias = model.moe_routers()[0][1].e_score_correction_bias.clone()
     comm = LocalGroup(1).communicator(0)
     model.eval()
@@ -142,8 +143,7 @@ def test_bias_update_is_identical_on_peers():
     rate = 0.003
 
     def peer(comm):
-        model = DeepseekV3ForCausalLM.from_config(TINY, seed=1)
-        model.apply_options({"moe-bias-update-rate": rate})
+        model = DeepseekV3ForCausalLM.from_config(TINY, seed=1, options=rate_options(rate))
         _train_forward(model, seed=10 + comm.rank)
         loads = [r.expert_load.clone() for _, r in model.moe_routers()]
         metrics = model.step_end(comm)
@@ -161,11 +161,10 @@ def test_bias_update_is_identical_on_peers():
 def test_bias_update_balances_a_collapsed_router():
     """With the bias update on, a router rigged to prefer two experts spreads its load out."""
     config = {**TINY, "num_hidden_layers": 2}
-    model = DeepseekV3ForCausalLM.from_config(config, seed=1)
+    model = DeepseekV3ForCausalLM.from_config(config, seed=1, options=rate_options(0.02))
     gate = model.moe_routers()[0][1]
     with torch.no_grad():
         gate.e_score_correction_bias.copy_(torch.tensor([0.3, 0.3, 0, 0, 0, 0, 0, 0]))
-    model.apply_options({"moe_bias_update_rate": 0.02})
     comm = LocalGroup(1).communicator(0)
     cvs = []
     for step in range(30):  # no optimizer: only the bias moves
@@ -175,13 +174,11 @@ def test_bias_update_balances_a_collapsed_router():
     assert cvs[-1] < 0.5 * cvs[0]
 
 
-def test_apply_options_errors():
-    model = DeepseekV3ForCausalLM.from_config(TINY)
+def test_bias_update_rate_errors():
     with pytest.raises(PsycheError, match="must be >= 0"):
-        model.apply_options({"moe_bias_update_rate": -1.0})
-    v2 = DeepseekV2ForCausalLM.from_config(V2_PRESETS["tiny"])
+        DeepseekV3ForCausalLM.from_config(TINY, options=rate_options(-1.0))
     with pytest.raises(PsycheError, match="needs MoE layers routed with topk_method 'noaux_tc'"):
-        v2.apply_options({"moe_bias_update_rate": 0.001})
+        DeepseekV2ForCausalLM.from_config(V2_PRESETS["tiny"], options=rate_options(0.001))
 
 
 @pytest.mark.parametrize(
@@ -189,8 +186,8 @@ def test_apply_options_errors():
 )
 def test_generic_training_loop(cls, preset):
     """forward with labels + backward + AdamW step + step_end, as the trainer runs it."""
-    model = cls.from_config(preset, seed=0)
-    model.apply_options({"moe_bias_update_rate": 0.001 if cls is DeepseekV3ForCausalLM else 0.0})
+    rate = 0.001 if cls is DeepseekV3ForCausalLM else 0.0
+    model = cls.from_config(preset, seed=0, options=rate_options(rate))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     comm = LocalGroup(1).communicator(0)
     ids = _ids(4, 32, seed=0)
@@ -198,9 +195,9 @@ def test_generic_training_loop(cls, preset):
     for _ in range(15):
         model.train()
         for half in (ids[:2], ids[2:]):  # two micro-batches
-            loss = model(half, labels=half, loss_scale=2.0, return_logits=False)[1]
-            loss.backward()
-            losses.append(loss.item() * 2)
+            loss = model(half, labels=half, return_logits=False)[1]
+            (loss / 2).backward()
+            losses.append(loss.item())
         optimizer.step()
         optimizer.zero_grad()
         metrics = model.step_end(comm)

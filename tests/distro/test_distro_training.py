@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import psyche_distro.plugin
-from psyche_core import run
-from psyche_core.options import collect_option_specs
+from psyche_core import plan, run
+from psyche_core.options import all_option_specs
 from psyche_core.plugins import Plugins
 from tests.core import toy_plugin
 from tests.core.test_trainer import read_metrics
@@ -18,7 +18,6 @@ def plugins():
 
 
 def train(plugins, out, **overrides):
-    from psyche_core.cli.train import plugin_option_specs
 
     values = {
         "model": "toy",
@@ -36,8 +35,8 @@ def train(plugins, out, **overrides):
         "save_path": str(out / "run"),
         **overrides,
     }
-    specs = collect_option_specs(plugin_option_specs(plugins))
-    return run.train(run.resolve_run_options(specs, values, None), plugins)
+    specs = all_option_specs(plugins)
+    return run.train(plan.resolve_run_options(specs, values, None), plugins)
 
 
 def weights(path):

@@ -12,8 +12,7 @@ import psyche_data.plugin
 import psyche_distro.plugin
 import psyche_hf.plugin
 import psyche_llama.plugin
-from psyche_core.cli.train import plugin_option_specs
-from psyche_core.options import Options, collect_option_specs, resolve
+from psyche_core.options import Options, all_option_specs, resolve
 from psyche_core.plugins import Plugins
 
 VOCAB = 128
@@ -133,7 +132,7 @@ def options(plugins: Plugins, out: Path, **overrides: Any) -> Options:
         "metrics": str(out / "metrics.jsonl"),
         **overrides,
     }
-    return resolve(collect_option_specs(plugin_option_specs(plugins)), values)
+    return resolve(all_option_specs(plugins), values)
 
 
 def losses(out: Path) -> list[float]:

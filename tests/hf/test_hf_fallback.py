@@ -16,9 +16,8 @@ from rich.console import Console
 
 import psyche_data.plugin
 import psyche_hf.plugin
-from psyche_core import checkpoint, run
-from psyche_core.cli.train import plugin_option_specs
-from psyche_core.options import collect_option_specs
+from psyche_core import checkpoint, plan, resolve, run
+from psyche_core.options import all_option_specs
 from psyche_core.plugins import Plugins
 from psyche_core.specs import ModelSpec
 from psyche_hf.model import HfCausalLM
@@ -43,7 +42,7 @@ def test_hf_is_the_fallback_and_says_so(llama_checkpoint, tmp_path):
     assert load_plugins().models.get("hf").fallback
     # without psyche-llama installed, a Llama checkpoint trains through transformers
     plugins = Plugins.load(entry_points=False, extra=[psyche_hf.plugin, psyche_data.plugin])
-    choice = run.resolve_model(plugins, str(llama_checkpoint))
+    choice = resolve.resolve_model(plugins, str(llama_checkpoint))
     assert choice.spec.name == "hf"
     assert choice.note == "using hf for model_type 'llama' (no native model plugin claims it)"
     out = io.StringIO()
@@ -57,29 +56,29 @@ def test_hf_is_the_fallback_and_says_so(llama_checkpoint, tmp_path):
 
 def test_native_plugins_win_over_the_fallback(llama_checkpoint, tmp_path):
     plugins = load_plugins()
-    assert run.resolve_model(plugins, str(llama_checkpoint)).spec.name == "llama"
+    assert resolve.resolve_model(plugins, str(llama_checkpoint)).spec.name == "llama"
     qwen2 = tmp_path / "qwen2"
     HfCausalLM.from_config(dict(plugins.models.get("hf").presets["qwen2-tiny"])).save_pretrained(
         qwen2
     )
-    assert run.resolve_model(plugins, str(qwen2)).note.startswith("using hf for model_type")
+    assert resolve.resolve_model(plugins, str(qwen2)).note.startswith("using hf for model_type")
 
 
 def test_a_run_resumes_with_the_model_plugin_it_was_trained_with(llama_checkpoint, tmp_path):
     """A Llama trained through hf resumes through hf, not the native plugin."""
     plugins = load_plugins()
-    specs = collect_option_specs(plugin_option_specs(plugins))
+    specs = all_option_specs(plugins)
     full, part, resumed = tmp_path / "full", tmp_path / "part", tmp_path / "resumed"
     common = {"model": "hf", "hf_model": str(llama_checkpoint), "total_steps": 4}
     for out in (full, part):
         run_flags = {"save_path": str(out / "run"), "checkpoint_every": 2, **common}
         flags = dict(options(plugins, out, **run_flags))
-        run.train(run.resolve_run_options(specs, flags, None), plugins)
+        run.train(plan.resolve_run_options(specs, flags, None), plugins)
     step2 = part / "run" / "step-000002"
     assert checkpoint.read(step2).run["model"]["spec"] == "hf"
     flags = {"resume": str(step2), "metrics": str(resumed / "metrics.jsonl")}
-    options_ = run.resolve_run_options(specs, flags, None)
-    assert run.prepare(options_, plugins, 1)["model"].spec.name == "hf"
+    options_ = plan.resolve_run_options(specs, flags, None)
+    assert plan.make_plan(options_, plugins, 1).model.spec.name == "hf"
     run.train(options_, plugins)
     assert losses(resumed) == losses(full)[2:]
     assert torch.isfinite(torch.tensor(losses(resumed))).all()

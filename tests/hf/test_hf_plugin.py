@@ -15,7 +15,7 @@ from psyche_core.cli import make_cli
 from psyche_core.errors import PsycheError
 from psyche_core.plugins import Plugins
 from psyche_hf import plugin
-from psyche_hf.model import AUTO_HELP, HfCausalLM
+from psyche_hf.model import HfCausalLM
 from psyche_hf.presets import PRESETS
 from tests.hf.helpers import load_plugins, options
 
@@ -33,15 +33,16 @@ def test_registers_the_hf_model():
     plugins = Plugins.load(entry_points=False, extra=[plugin])
     spec = plugins.models.get("hf")
     assert spec.load() is HfCausalLM
-    assert spec.preset_for_default == "auto"
-    assert set(spec.presets) == {"auto", "qwen2-tiny", "mistral-tiny", "gpt2-tiny"}
+    assert spec.default_preset is None  # --model hf alone names its model with --hf-model
+    assert set(spec.presets) == {"qwen2-tiny", "mistral-tiny", "gpt2-tiny"}
+    assert (spec.checkpoint_option, spec.config_option) == ("hf_model", "hf_config")
     assert isinstance(spec.presets["qwen2-tiny"], MappingProxyType)
     assert [o.name for o in spec.options] == ["hf-model", "hf-config"]
     # the native plugins' model types stay theirs
     assert "llama" not in spec.model_types and "qwen2" in spec.model_types
 
 
-@pytest.mark.parametrize("name", [n for n in PRESETS if n != "auto"])
+@pytest.mark.parametrize("name", list(PRESETS))
 def test_presets_train_on_the_sample_vocabulary(name):
     preset = PRESETS[name]
     assert preset["vocab_size"] == 512 and preset["bos_token_id"] == 1
@@ -76,8 +77,10 @@ def test_model_hf_alone_says_what_it_needs(tmp_path):
     plugins = load_plugins()
     with pytest.raises(PsycheError) as excinfo:
         run.train(options(plugins, tmp_path, model="hf"), plugins)
-    assert str(excinfo.value) == AUTO_HELP
-    assert "--hf-model" in AUTO_HELP and "hf:gpt2-tiny" in AUTO_HELP
+    assert str(excinfo.value) == (
+        "--model hf trains the model named by --hf-model or --hf-config; its presets: "
+        "hf:qwen2-tiny, hf:mistral-tiny, hf:gpt2-tiny"
+    )
 
 
 def test_hf_model_with_a_preset_or_with_hf_config_is_refused(tmp_path):

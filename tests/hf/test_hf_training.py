@@ -9,9 +9,8 @@ import math
 import pytest
 import torch
 
-from psyche_core import run
-from psyche_core.cli.train import plugin_option_specs
-from psyche_core.options import collect_option_specs
+from psyche_core import plan, resolve, run
+from psyche_core.options import all_option_specs
 from psyche_hf.model import HfCausalLM
 from psyche_hf.presets import PRESETS
 from psyche_llama.model import LlamaForCausalLM
@@ -58,7 +57,7 @@ def test_presets_train_with_adamw_and_distro(preset, optimizer, plugins, tmp_pat
 def test_hf_wrapper_matches_the_native_llama_plugin(plugins, llama_checkpoint, tmp_path):
     """Same checkpoint, data and options: the loss curves agree to 1e-5 over 5 AdamW steps."""
     native, wrapped = tmp_path / "native", tmp_path / "hf"
-    choice = run.resolve_model(plugins, str(llama_checkpoint))
+    choice = resolve.resolve_model(plugins, str(llama_checkpoint))
     assert choice.spec.name == "llama"
     source = str(llama_checkpoint)
     run.train(options(plugins, native, model=source, save_path=str(native / "m")), plugins)
@@ -75,13 +74,13 @@ def test_hf_wrapper_matches_the_native_llama_plugin(plugins, llama_checkpoint, t
 
 
 def test_checkpoints_resume_exactly(plugins, qwen2_checkpoint, tmp_path):
-    specs = collect_option_specs(plugin_option_specs(plugins))
+    specs = all_option_specs(plugins)
     full, part, resumed = tmp_path / "full", tmp_path / "part", tmp_path / "resumed"
     common = {"model": "hf", "hf_model": str(qwen2_checkpoint), "total_steps": 6}
     for out in (full, part):
         run_flags = {"save_path": str(out / "run"), "checkpoint_every": 3, **common}
         flags = dict(options(plugins, out, **run_flags))
-        run.train(run.resolve_run_options(specs, flags, None), plugins)
+        run.train(plan.resolve_run_options(specs, flags, None), plugins)
     step3 = part / "run" / "step-000003"
     assert sorted(p.name for p in step3.iterdir()) == [
         "config.json",
@@ -96,7 +95,7 @@ def test_checkpoints_resume_exactly(plugins, qwen2_checkpoint, tmp_path):
         "metrics": str(resumed / "metrics.jsonl"),
         "save_path": str(resumed / "run"),
     }
-    run.train(run.resolve_run_options(specs, flags, None), plugins)
+    run.train(plan.resolve_run_options(specs, flags, None), plugins)
     assert losses(resumed) == losses(full)[3:]
     a = HfCausalLM.from_pretrained(full / "run").state_dict()
     b = HfCausalLM.from_pretrained(resumed / "run").state_dict()
@@ -111,7 +110,7 @@ def test_data_parallel_peers_as_threads_and_processes_train_alike(plugins, tmp_p
         peers = {"data_parallelism": 2, "dp_backend": backend, "save_path": str(out / "m")}
         run.train(options(plugins, out, **peers, **common), plugins)
     # Two peers see exactly the samples of one process (the losses agree), and thread and
-    # process peers compute alike (with the same threads per peer; see run.threads_per_local_peer)
+    # process peers compute alike (same threads per peer: launch.threads_per_local_peer)
     assert losses(threads) == pytest.approx(losses(one), abs=1e-6, rel=0)
     assert losses(gloo) == pytest.approx(losses(threads), abs=1e-6, rel=0)
     a = HfCausalLM.from_pretrained(threads / "m").state_dict()
@@ -143,10 +142,10 @@ def test_hf_config_trains_from_seeded_random_init(plugins, tmp_path):
 
 def test_a_checkpoint_directory_resolves_by_its_model_type(plugins, qwen2_checkpoint, tmp_path):
     """qwen2 (no native plugin) goes to hf; llama stays with the native plugin."""
-    choice = run.resolve_model(plugins, str(qwen2_checkpoint))
+    choice = resolve.resolve_model(plugins, str(qwen2_checkpoint))
     assert choice.spec.name == "hf" and choice.checkpoint == qwen2_checkpoint
     config = tmp_path / "config.json"
     config.write_text(json.dumps(dict(PRESETS["mistral-tiny"])))
-    assert run.resolve_model(plugins, str(config)).spec.name == "hf"
+    assert resolve.resolve_model(plugins, str(config)).spec.name == "hf"
     run.train(options(plugins, tmp_path, model=str(qwen2_checkpoint), total_steps=2), plugins)
     assert len(losses(tmp_path)) == 2

@@ -78,21 +78,6 @@ def test_num_logits_to_keep(pair):
     close(loss, full_loss)  # the loss still covers every position
 
 
-@pytest.mark.parametrize("return_logits", [True, False])
-def test_loss_scale_divides_loss_and_gradients(return_logits):
-    _, ours = twins(tiny_config())
-    input_ids = tokens(2, 10)
-    loss = ours(input_ids, labels=input_ids, return_logits=return_logits).loss
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in ours.named_parameters()}
-    ours.zero_grad()
-    scaled = ours(input_ids, labels=input_ids, return_logits=return_logits, loss_scale=4).loss
-    scaled.backward()
-    close(scaled, loss / 4)
-    for name, param in ours.named_parameters():
-        close(param.grad, grads[name] / 4, atol=1e-6)
-
-
 def test_loss_is_float32_mean_and_zero_without_targets(pair):
     _, ours = pair
     input_ids = tokens(2, 8)
@@ -130,7 +115,6 @@ def test_bad_inputs_raise_clear_errors(pair):
         (dict(input_ids=good, sequence_lengths=[[3, 4]]), "summing to 8"),
         (dict(input_ids=good, sequence_lengths=[[4, 4], [8]]), "2 rows for a batch of 1"),
         (dict(input_ids=good, position_ids=torch.arange(7)), "position_ids shape"),
-        (dict(input_ids=good, labels=good, loss_scale=0), "loss_scale must be positive"),
     ]
     for kwargs, message in cases:
         with pytest.raises(InvalidInputError, match=re.escape(message)):

@@ -36,8 +36,8 @@ class GruForCausalLM(CausalLM):
     config_class = GruConfig
     attn_implementations = ("none",)  # no attention; the trainer's choice does not apply
 
-    def __init__(self, config: GruConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: GruConfig, options=None) -> None:
+        super().__init__(config, options)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.gru = nn.GRU(
             config.hidden_size, config.hidden_size, config.num_hidden_layers, batch_first=True
@@ -64,7 +64,6 @@ class GruForCausalLM(CausalLM):
         position_ids=None,
         sequence_lengths=None,
         num_logits_to_keep=None,
-        loss_scale=None,
         return_logits=True,
     ):
         if input_ids.numel() and int(input_ids.max()) >= self.config.vocab_size:
@@ -85,8 +84,6 @@ class GruForCausalLM(CausalLM):
                 labels[:, 1:].reshape(-1),
                 ignore_index=-100,
             )
-            if loss_scale is not None:
-                loss = loss / loss_scale
         if num_logits_to_keep:
             logits = logits[:, -num_logits_to_keep:]
         return CausalLMOutput(logits, loss)

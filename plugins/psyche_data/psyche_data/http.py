@@ -118,7 +118,7 @@ def _runs(
     return runs
 
 
-def build_http(options) -> HttpDataProvider:
+def build_http(options, providers=None) -> HttpDataProvider:
     """Factory for ``--data-provider http``."""
     timeout = _option(options, "data_http_timeout", 30.0)
     sources = resolve_sources(

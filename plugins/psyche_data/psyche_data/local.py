@@ -127,7 +127,7 @@ class LocalDataProvider(ArrayDataProvider):
             self._maps.clear()  # numpy unmaps a file when its last array goes
 
 
-def build_local(options) -> LocalDataProvider:
+def build_local(options, providers=None) -> LocalDataProvider:
     """Factory for ``--data-provider local``."""
     if not options.data_path:
         raise PsycheError("the local data provider needs --data-path (a folder of token files)")

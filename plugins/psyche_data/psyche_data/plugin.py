@@ -48,6 +48,7 @@ def register_data_providers(register):
         DataProviderSpec(
             name="local",
             factory="psyche_data.local:build_local",
+            implied_by="data_path",
             description="a folder of raw token files (.ds/.bin/.npy), memory-mapped",
         )
     )
@@ -56,6 +57,7 @@ def register_data_providers(register):
             name="http",
             factory="psyche_data.http:build_http",
             options=(*URL_OPTIONS, *HTTP_OPTIONS),
+            implied_by="data_url",
             description="token files over HTTP range requests (URLs, a template, a HF dataset)",
         )
     )
@@ -65,13 +67,6 @@ def register_data_providers(register):
             factory="psyche_data.weighted:build_weighted",
             options=(WEIGHTED_OPTION,),
             description="a seeded mixture of providers, from [[weighted]] tables in the run TOML",
-        )
-    )
-    register(
-        DataProviderSpec(
-            name="sample",
-            factory="psyche_data.sample:build_sample",
-            description="a small synthetic language generated in code (the default data)",
         )
     )
     register(

@@ -126,7 +126,7 @@ class PreprocessedDataProvider(DataProvider):
         )
 
 
-def build_preprocessed(options) -> PreprocessedDataProvider:
+def build_preprocessed(options, providers=None) -> PreprocessedDataProvider:
     """Factory for ``--data-provider preprocessed``."""
     if not options.data_path:
         raise PsycheError("the preprocessed data provider needs --data-path (parquet files)")

@@ -21,17 +21,11 @@ import numpy as np
 
 from psyche_core.data import DataProvider, TokenizedData
 from psyche_core.errors import PsycheError
+from psyche_core.registry import Registry
+from psyche_core.specs import DataProviderSpec
 from psyche_data.index import permutation, sample_ids
 
 _SHUFFLE_SALT = 0x5EED_3170  # keeps the mixture's shuffle apart from its providers' shuffles
-
-# psyche-data's own providers, built without loading the plugin machinery
-_OWN_FACTORIES = {
-    "local": "psyche_data.local:build_local",
-    "http": "psyche_data.http:build_http",
-    "sample": "psyche_data.sample:build_sample",
-    "preprocessed": "psyche_data.preprocessed:build_preprocessed",
-}
 
 
 def allocate(total: int, weights: Sequence[float]) -> list[int]:
@@ -121,9 +115,10 @@ class WeightedDataProvider(DataProvider):
             provider.close()
 
 
-def build_weighted(options) -> WeightedDataProvider:
-    """Factory for ``--data-provider weighted`` (reads the ``[[weighted]]`` TOML tables)."""
-    entries = options.get("weighted")
+def build_weighted(options, providers: Registry[DataProviderSpec]) -> WeightedDataProvider:
+    """Factory for ``--data-provider weighted`` (reads the ``[[weighted]]`` TOML tables); each
+    table's provider comes from ``providers``, the registry of installed data providers."""
+    entries = options.weighted
     if not entries:
         raise PsycheError(
             "the weighted data provider needs [[weighted]] tables in the run TOML "
@@ -134,22 +129,24 @@ def build_weighted(options) -> WeightedDataProvider:
     given = ["weight" in e for e in entries]
     if any(given) and not all(given):
         raise PsycheError("weighted: give every [[weighted]] table a weight, or none of them")
-    providers: list[DataProvider] = []
+    built: list[DataProvider] = []
     names: list[str] = []
     try:
         for number, entry in enumerate(entries, 1):
-            name, sub_options = _entry_options(options, entry, number)
-            providers.append(_factory(name)(sub_options))
+            name, sub_options = _entry_options(options, entry, number, providers)
+            built.append(providers.get(name).load()(sub_options, providers))
             names.append(f"#{number} {name}")
         weights = [float(e["weight"]) for e in entries] if all(given) else None
-        return WeightedDataProvider(providers, weights, options.get("seed"), names)
+        return WeightedDataProvider(built, weights, options.seed, names)
     except BaseException:
-        for provider in providers:
+        for provider in built:
             provider.close()
         raise
 
 
-def _entry_options(options, entry: Mapping[str, Any], number: int):
+def _entry_options(
+    options, entry: Mapping[str, Any], number: int, providers: Registry[DataProviderSpec]
+):
     """The provider name and the options of one ``[[weighted]]`` table: the run's options with
     the table's keys on top."""
     where = f"[[weighted]] #{number}"
@@ -166,12 +163,14 @@ def _entry_options(options, entry: Mapping[str, Any], number: int):
         changes[key] = _coerce(key, value, where)
     name = entry.get("provider")
     if name is None:
-        if changes.get("data_path"):
-            name = "local"
-        elif changes.get("data_url"):
-            name = "http"
-        else:
+        implied = [
+            spec.name
+            for _, spec, _ in providers.items()
+            if spec.implied_by and changes.get(spec.implied_by)
+        ]
+        if not implied:
             raise PsycheError(f"{where}: give a provider (or a data-path or data-url)")
+        name = implied[0]
     if name == "weighted":
         raise PsycheError(f"{where}: a weighted provider cannot contain another one")
     if "weight" in entry:
@@ -189,13 +188,3 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         if spec.key == key:
             return coerce(spec, value, where)
     return value
-
-
-def _factory(name: str):
-    from psyche_core.specs import load_object
-
-    if name in _OWN_FACTORIES:
-        return load_object(_OWN_FACTORIES[name])
-    from psyche_core.plugins import Plugins
-
-    return Plugins.load().data_providers.get(name).load()

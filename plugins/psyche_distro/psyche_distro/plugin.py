@@ -8,6 +8,7 @@ from psyche_core import OptimizerSpec, OptionSpec, hookimpl
 MODES = ("psyche", "sync")
 
 OPTIONS = (
+    OptionSpec("distro", bool, False, "Train with DisTrO (same as --optimizer distro)."),
     OptionSpec(
         "compression-chunk",
         int,
@@ -50,6 +51,7 @@ def register_optimizers(register):
             name="distro",
             factory="psyche_distro.optimizer:build_distro",
             options=OPTIONS,
+            implied_by="distro",
             description="DisTrO: DCT top-k momentum exchange with a sign-SGD update",
         )
     )

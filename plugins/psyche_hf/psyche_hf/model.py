@@ -6,7 +6,7 @@ registered directly on the wrapper, so parameter names, the state dict and the m
 transformers' own (``model.layers.0.self_attn.q_proj.weight``) and optimizer state, checkpoints
 and the native psyche plugins all speak the same names. ``forward`` calls the transformers model
 itself; the loss is computed here, in float32, with psyche's contract (mean over labelled
-positions, divided by ``loss_scale``).
+positions).
 
 Packed documents: recent transformers (``masking_utils``; 5.24 is tested) reads a row whose
 ``position_ids`` restart at 0 as several documents and masks attention between them, for eager
@@ -40,6 +40,7 @@ from psyche_core.errors import InvalidInputError, PsycheError
 from psyche_core.inputs import check_inputs, check_sequence_lengths
 from psyche_core.losses import causal_lm_loss
 from psyche_core.model import CausalLM, CausalLMOutput
+from psyche_core.options import Options
 from psyche_hf.building import (
     dtype_kwarg,
     hf_config,
@@ -47,15 +48,8 @@ from psyche_hf.building import (
     no_progress_bars,
     seeded_init,
 )
-from psyche_hf.presets import AUTO_PRESET, PRESETS, SOURCE_KEY
 
 logger = logging.getLogger(__name__)
-
-AUTO_HELP = (
-    "--model hf trains the model named by --hf-model (a checkpoint directory or Hugging Face repo "
-    "id) or --hf-config (a config.json for random init); or pick a preset: "
-    + ", ".join(f"hf:{name}" for name in PRESETS if name != AUTO_PRESET)
-)
 
 
 # -- the model -----------------------------------------------------------------------------------
@@ -64,21 +58,18 @@ AUTO_HELP = (
 class HfCausalLM(CausalLM):
     """A transformers ``AutoModelForCausalLM`` model behind psyche's CausalLM contract.
 
-    ``self.hf_model`` is the transformers model; ``self.config`` its ``PretrainedConfig``. Built
-    from the ``auto`` preset the wrapper starts empty and ``apply_options`` loads the model named
-    by ``--hf-model`` / ``--hf-config``.
+    ``self.hf_model`` is the transformers model; ``self.config`` its ``PretrainedConfig``.
+    ``--model hf --hf-model DIR`` / ``--hf-config config.json`` name the model to wrap (core
+    resolves them through the spec's ``checkpoint_option`` / ``config_option``).
     """
 
-    #: the transformers model (``None`` until an ``auto`` wrapper is filled by its options)
-    hf_model: Any = None
+    hf_model: Any
 
-    def __init__(self, model: Any = None) -> None:
-        super().__init__(None if model is None else model.config)  # type: ignore[arg-type]
+    def __init__(self, model: Any, options: Options | None = None) -> None:
+        super().__init__(model.config, options)
         self._packing: dict[str, bool] = {}  # attention implementation -> packed docs work
         self._forward_params: frozenset[str] = frozenset()
-        self._target: tuple[Any, Any] = (None, None)  # (device, dtype) for an ``auto`` wrapper
-        if model is not None:
-            self._adopt(model)
+        self._adopt(model)
 
     def _adopt(self, model: Any) -> None:
         """Take over ``model``'s submodules (and any top-level parameters or buffers)."""
@@ -102,7 +93,7 @@ class HfCausalLM(CausalLM):
         # .to() / .float() reach the adopted children through this module; top-level tensors of
         # the transformers model (rare) are re-pointed at the converted ones.
         super()._apply(fn, recurse)
-        model = self.hf_model
+        model = self.__dict__.get("hf_model")
         if model is not None:
             model._parameters.update({k: self._parameters[k] for k in model._parameters})
             model._buffers.update({k: self._buffers[k] for k in model._buffers})
@@ -110,21 +101,17 @@ class HfCausalLM(CausalLM):
 
     def train(self, mode: bool = True) -> HfCausalLM:
         super().train(mode)
-        if self.hf_model is not None:
-            self.hf_model.training = mode
+        model = self.__dict__.get("hf_model")
+        if model is not None:
+            model.training = mode
         return self
-
-    def _loaded(self) -> Any:
-        if self.hf_model is None:
-            raise PsycheError(AUTO_HELP)
-        return self.hf_model
 
     @property
     def model_type(self) -> str:
         return str(getattr(self.config, "model_type", "?"))
 
     def _describe(self) -> str:
-        return f"transformers' {type(self._loaded()).__name__} (model_type {self.model_type})"
+        return f"transformers' {type(self.hf_model).__name__} (model_type {self.model_type})"
 
     # -- construction and I/O -------------------------------------------------------------------
 
@@ -140,15 +127,12 @@ class HfCausalLM(CausalLM):
         seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = None,
+        attn_implementation: str | None = None,
+        options: Options | None = None,
     ) -> HfCausalLM:
         """``AutoModelForCausalLM.from_config`` with transformers' own init, seeded: the same
         seed gives the same weights whatever the global RNG state (init runs on the CPU in
-        float32, then moves to ``device`` / ``dtype``). The ``auto`` preset gives an empty
-        wrapper that :meth:`apply_options` fills."""
-        if isinstance(config, Mapping) and SOURCE_KEY in config:
-            shell = cls()
-            shell._target = (device, hf.parse_dtype(dtype))
-            return shell
+        float32, then moves to ``device`` / ``dtype``)."""
         transformers = import_transformers()
         parsed = hf_config(config)
         with seeded_init(seed):
@@ -160,7 +144,7 @@ class HfCausalLM(CausalLM):
                 raise PsycheError(
                     f"hf: transformers has no causal LM for model_type {parsed.model_type!r}: {exc}"
                 ) from None
-        return cls(model).to(device=device, dtype=hf.parse_dtype(dtype))
+        return cls(model, options)._finish(device, hf.parse_dtype(dtype), attn_implementation)
 
     @classmethod
     def from_pretrained(
@@ -170,6 +154,8 @@ class HfCausalLM(CausalLM):
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = None,
         revision: str | None = None,
+        attn_implementation: str | None = None,
+        options: Options | None = None,
     ) -> HfCausalLM:
         """``AutoModelForCausalLM.from_pretrained`` on a local directory or a hub repo id
         (resolved by psyche: ``HF_HUB_OFFLINE=1`` and the cache are honoured). ``dtype``
@@ -200,7 +186,13 @@ class HfCausalLM(CausalLM):
             logger.warning(
                 "%s: ignored weights %s", source, hf.summarize_keys(info["unexpected_keys"])
             )
-        return cls(model).to(device=device)
+        return cls(model, options)._finish(device, None, attn_implementation)
+
+    def _finish(self, device: Any, dtype: Any, attn_implementation: str | None) -> HfCausalLM:
+        self.to(device=device, dtype=dtype)
+        if attn_implementation is not None:
+            self.set_attn_implementation(attn_implementation)
+        return self
 
     def save_pretrained(
         self,
@@ -212,7 +204,7 @@ class HfCausalLM(CausalLM):
         """transformers' own ``save_pretrained`` (config.json + safetensors), written to a
         temporary sibling directory that replaces ``directory`` only when complete, plus any
         ``extra_files`` (name -> content), as :func:`psyche_core.hf.save_checkpoint` does."""
-        model = self._loaded()
+        model = self.hf_model
         target = Path(directory)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -239,7 +231,7 @@ class HfCausalLM(CausalLM):
         """Copy a state dict with transformers' keys into the model, checking keys and shapes
         first; a tied copy (``lm_head.weight`` of tied embeddings) is ignored, as transformers
         does."""
-        model = self._loaded()
+        model = self.hf_model
         expected = self.hf_state_dict_shapes()
         tied = set(self.state_dict()) - set(expected)
         state = {k: v for k, v in state.items() if k not in tied}
@@ -254,9 +246,6 @@ class HfCausalLM(CausalLM):
         if name not in self.attn_implementations:
             super().set_attn_implementation(name)  # raises, listing the choices
         model = self.hf_model
-        if model is None:  # an ``auto`` wrapper: applied when the model is loaded
-            self.attn_implementation = name
-            return
         try:
             if hasattr(model, "set_attn_implementation"):
                 model.set_attn_implementation(name)
@@ -276,38 +265,6 @@ class HfCausalLM(CausalLM):
                 f"--attn-implementation {actual}"
             )
         self.attn_implementation = name
-
-    def apply_options(self, options: Mapping[str, Any]) -> None:
-        """Load the model ``--hf-model`` / ``--hf-config`` name into an ``auto`` wrapper."""
-        source, config = _option(options, "hf_model"), _option(options, "hf_config")
-        if self.hf_model is not None:
-            if (source or config) and not _option(options, "resume"):
-                model = _option(options, "model") or "a preset"
-                raise PsycheError(
-                    f"--hf-model and --hf-config go with --model hf; --model {model} already "
-                    "names the model"
-                )
-            return
-        if source and config:
-            raise PsycheError(
-                "give --hf-model (a checkpoint) or --hf-config (random init), not both"
-            )
-        if not (source or config):
-            raise PsycheError(AUTO_HELP)
-        device, dtype = self._target
-        if source:
-            loaded = type(self).from_pretrained(source, device=device, dtype=dtype)
-        else:
-            seed = _option(options, "seed")
-            loaded = type(self).from_config(
-                hf.read_config_file(config),
-                seed=0 if seed is None else seed,
-                device=device,
-                dtype=dtype,
-            )
-        requested = self.attn_implementation
-        self._adopt(loaded.hf_model)
-        self.set_attn_implementation(requested)
 
     # -- facts ----------------------------------------------------------------------------------
 
@@ -334,11 +291,10 @@ class HfCausalLM(CausalLM):
         position_ids: torch.Tensor | None = None,
         sequence_lengths: Sequence[Sequence[int]] | None = None,
         num_logits_to_keep: int | None = None,
-        loss_scale: float | None = None,
         return_logits: bool = True,
     ) -> CausalLMOutput:
-        model = self._loaded()
-        self._check_inputs(input_ids, labels, position_ids, loss_scale)
+        model = self.hf_model
+        self._check_inputs(input_ids, labels, position_ids)
         position_ids, attention_mask = self._document_inputs(
             input_ids, position_ids, sequence_lengths
         )
@@ -361,8 +317,6 @@ class HfCausalLM(CausalLM):
         aux = getattr(output, "aux_loss", None)  # MoE load balancing, as transformers adds it
         if aux is not None:
             loss = loss + float(getattr(self.config, "router_aux_loss_coef", 0.0)) * aux.float()
-        if loss_scale is not None:
-            loss = loss / loss_scale
         return CausalLMOutput(logits if return_logits else None, loss)
 
     def _keep_kwarg(self) -> str | None:
@@ -377,14 +331,12 @@ class HfCausalLM(CausalLM):
         input_ids: torch.Tensor,
         labels: torch.Tensor | None,
         position_ids: torch.Tensor | None,
-        loss_scale: float | None,
     ) -> None:
         """Clear errors instead of index errors deep inside transformers."""
         check_inputs(
             input_ids,
             labels,
             position_ids,
-            loss_scale,
             vocab_size=self.vocab_size,
             max_length=self._context_limit(),
         )
@@ -473,9 +425,3 @@ class HfCausalLM(CausalLM):
         logits = out.logits[:, 6:].float()
         leak = (logits[0] - logits[1]).abs().max().item()
         return leak <= 1e-4 * max(1.0, logits.abs().max().item())
-
-
-def _option(options: Mapping[str, Any], key: str) -> Any:
-    """An option by key (``hf_model``) or flag name (``hf-model``); ``None`` when absent."""
-    value = options.get(key)
-    return options.get(key.replace("_", "-")) if value is None else value

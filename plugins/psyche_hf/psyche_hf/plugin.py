@@ -4,7 +4,7 @@ fast and works even where transformers is missing; the model class loads lazily)
 from __future__ import annotations
 
 from psyche_core import ModelSpec, OptionSpec, hookimpl
-from psyche_hf.presets import DEFAULT_PRESET, PRESETS, TESTED_MODEL_TYPES
+from psyche_hf.presets import PRESETS, TESTED_MODEL_TYPES
 
 OPTIONS = (
     OptionSpec(
@@ -32,8 +32,9 @@ def register_models(register):
             cls="psyche_hf.model:HfCausalLM",
             model_types=TESTED_MODEL_TYPES,
             presets=PRESETS,
-            default_preset=DEFAULT_PRESET,
             options=OPTIONS,
+            checkpoint_option="hf_model",
+            config_option="hf_config",
             description="any transformers causal LM (AutoModelForCausalLM): --hf-model, "
             "--hf-config, or a checkpoint whose model_type no native plugin claims",
             fallback=True,

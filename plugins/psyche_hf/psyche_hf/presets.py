@@ -2,8 +2,8 @@
 
 Each random-init preset names its architecture with ``model_type``, exactly as a config.json does,
 and is sized to train in seconds on the embedded ``sample`` data (vocabulary 512, BOS 1, EOS 2).
-``auto`` (the default, so ``--model hf`` means it) is not an architecture: it stands for the model
-that ``--hf-model`` (a checkpoint) or ``--hf-config`` (a config.json) names.
+``--model hf`` without a preset trains the model that ``--hf-model`` (a checkpoint) or
+``--hf-config`` (a config.json) names.
 
 Kept apart from ``plugin.py`` (hooks only) and ``model.py`` (imports torch), so ``psyche
 list-plugins`` reads them without importing torch or transformers.
@@ -13,14 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-#: the key that marks the ``auto`` preset; it never reaches transformers.
-SOURCE_KEY = "psyche_hf"
-AUTO_PRESET = "auto"
-
 _SAMPLE_TOKENS = {"vocab_size": 512, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": None}
 
 PRESETS: dict[str, dict[str, Any]] = {
-    AUTO_PRESET: {SOURCE_KEY: "the model named by --hf-model or --hf-config"},
     # Qwen2.5-0.5B's shape in miniature: GQA, q/k/v biases, tied embeddings.
     "qwen2-tiny": {
         "model_type": "qwen2",
@@ -66,8 +61,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": True,
     },
 }
-
-DEFAULT_PRESET = AUTO_PRESET
 
 #: model_types the tests build, train and check (tests/hf/test_hf_architectures.py). With a
 #: psyche-core that knows fallback model specs the hf plugin loads any model_type no native plugin

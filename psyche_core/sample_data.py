@@ -16,7 +16,7 @@ Every sequence is a run of documents (the last one cut off by the sequence end),
 
 Token ids: 0 pad (unused), 1 BOS, 2 EOS, 3 SEP, 4 RECALL, 5 ``(``, 6 ``)``, 7 ``[``, 8 ``]``,
 9-15 unused, 16-511 words; so it fits a vocabulary of 512. Every random choice comes from a
-counter-based hash (:func:`psyche_data.index.hash_stream`) of (sequence, position), so sequence
+counter-based hash (:func:`psyche_core.indexing.hash_stream`) of (sequence, position), so sequence
 ``i`` is bit-identical on every machine and does not depend on how many sequences are made.
 
 Since each token is one draw with a known probability given the visible prefix, the generator
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from psyche_core.errors import PsycheError
-from psyche_data.index import ArrayDataProvider, hash_stream, permutation, sample_ids
+from psyche_core.indexing import ArrayDataProvider, hash_stream, permutation, sample_ids
 
 VOCAB_SIZE = 512
 PAD, BOS, EOS, SEP, RECALL = 0, 1, 2, 3, 4
@@ -248,6 +248,6 @@ class SampleDataProvider(ArrayDataProvider):
         )
 
 
-def build_sample(options) -> SampleDataProvider:
+def build_sample(options, providers=None) -> SampleDataProvider:
     """Factory for ``--data-provider sample`` (the default without --data-path/--data-url)."""
     return SampleDataProvider(options.sequence_length, options.seed)

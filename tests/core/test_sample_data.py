@@ -7,11 +7,11 @@ import time
 
 import numpy as np
 import pytest
-from data_helpers import make_options
 
+from psyche_core import sample_data as sample
 from psyche_core.errors import PsycheError
-from psyche_data import sample
-from psyche_data.sample import (
+from psyche_core.options import Options
+from psyche_core.sample_data import (
     BOS,
     CLOSE,
     EOS,
@@ -107,7 +107,7 @@ def test_documents_follow_the_grammar():
 
 
 def test_provider():
-    provider = build_sample(make_options(sequence_length=256))
+    provider = build_sample(Options({"sequence_length": 256, "seed": None}))
     assert provider.num_sequences == 16384
     assert "entropy floor 1.70" in provider.describe()
     samples = provider.get_samples(range(2))

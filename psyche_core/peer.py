@@ -1,0 +1,80 @@
+"""One peer of a run: build the model, data and optimizer from the plan, agree with the other
+peers, train, save."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from psyche_core import checkpoint
+from psyche_core.comm import Communicator
+from psyche_core.errors import PsycheError
+from psyche_core.plan import RunPlan
+from psyche_core.plugins import Plugins
+from psyche_core.reporting import RunInfo, print_header
+from psyche_core.trainer import CheckpointPolicy, Reporter, Trainer
+
+
+def run_peer(
+    comm: Communicator,
+    plan: RunPlan,
+    plugins: Plugins,
+    console: Console,
+    stop: threading.Event | None,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    """Train as peer ``comm.rank``; returns the trainer's summary (peer 0's is reported)."""
+    options = plan.options
+    device = device or plan.device
+    check_same_config(comm, plan.fingerprint)
+    torch.manual_seed(plan.seed)
+    model = plan.model.build(plan.seed, device=device, dtype=plan.dtype, options=options)
+    comm.broadcast_(list(model.state_dict().values()), src=0)
+    policy = None
+    if options.save_path:
+        policy = CheckpointPolicy(
+            options.save_path, options.checkpoint_every, options.keep_last, plan.record
+        )
+    data = plan.data.load()(options, plugins.data_providers)
+    try:
+        optimizer = plan.optimizer.load()(model, options)
+        reporters: list[Reporter] = []
+        if comm.rank == 0:
+            print_header(console, plan, model, data, device)
+            run = RunInfo(console, options.start_step, options.total_steps, plan.record)
+            for spec in plan.reporters:
+                reporter = spec.load()(options, run)
+                if reporter is not None:
+                    reporters.append(reporter)
+        trainer = Trainer(
+            model, data, optimizer, plan.schedule, plan.trainer, comm, reporters, device, policy
+        )
+        if plan.resume is not None:
+            state = checkpoint.read_peer_state(plan.resume.path, comm.rank)
+            trainer.load_peer_state(state, plan.resume.step, plan.resume.tokens)
+        summary = trainer.train(stop)
+    finally:
+        data.close()
+    if comm.rank == 0 and options.save_path and not summary.get("stopped"):
+        model.save_pretrained(options.save_path)
+        summary["saved"] = options.save_path
+    return summary
+
+
+def check_same_config(comm: Communicator, fingerprint: dict[str, Any]) -> None:
+    """Refuse to start when peers were launched with different settings or plugins."""
+    if comm.world_size == 1:
+        return
+    everyone = comm.all_gather_object(fingerprint)
+    for rank, theirs in enumerate(everyone):
+        if theirs != everyone[0]:
+            keys = sorted(
+                k for k in set(theirs) | set(everyone[0]) if theirs.get(k) != everyone[0].get(k)
+            )
+            raise PsycheError(
+                f"peer {rank} was started with a different configuration than peer 0 "
+                f"(differs in: {', '.join(keys)}); start every peer with the same options"
+            )

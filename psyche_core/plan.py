@@ -1,0 +1,242 @@
+"""The run plan: every choice of a ``psyche train`` call, resolved and checked once.
+
+The CLI turns options into a :class:`RunPlan` in the parent process, before any peer starts;
+the launcher hands the same frozen, picklable plan to every peer (thread, worker process, or
+torchrun rank), and peers build from it without resolving or checking anything again.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from psyche_core import checkpoint, hf
+from psyche_core.errors import PsycheError
+from psyche_core.options import Options, resolve
+from psyche_core.plugins import Plugins
+from psyche_core.resolve import (
+    ModelChoice,
+    choose,
+    resolve_device,
+    resolve_dtype,
+    resolve_model,
+    spec_for_config,
+)
+from psyche_core.schedule import CosineLR
+from psyche_core.specs import DataProviderSpec, OptimizerSpec, OptionSpec, ReporterSpec
+from psyche_core.trainer import TrainerConfig, plan_batches
+
+# Options that define what a run trains on; a resumed run may not change them.
+RUN_DEFINING = (
+    "model",
+    "optimizer",
+    "data_provider",
+    "data_path",
+    "data_url",
+    "sequence_length",
+    "token_size",
+    "total_batch",
+    "seed",
+    "data_parallelism",
+)
+
+# Options that may differ between peers without changing what is trained.
+PER_PEER_OPTIONS = frozenset({"device", "metrics", "save_path", "tensorboard", "wandb_project"})
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a resumed run continues from."""
+
+    path: str
+    step: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a peer needs to build its part of the run."""
+
+    options: Options
+    model: ModelChoice
+    data: DataProviderSpec
+    optimizer: OptimizerSpec
+    reporters: tuple[ReporterSpec, ...]
+    device: torch.device
+    dtype: torch.dtype
+    world_size: int
+    seed: int
+    trainer: TrainerConfig
+    schedule: CosineLR
+    record: dict[str, Any]  # what every checkpoint records about the run
+    fingerprint: dict[str, Any]  # what peers compare before training together
+    resume: ResumePoint | None
+    plugin_load_args: tuple[bool, tuple[str, ...]]
+
+
+def resolve_run_options(
+    specs: Sequence[OptionSpec], command_line: Mapping[str, Any], toml_path: str | None
+) -> Options:
+    """Options from defaults, TOML and flags; for ``--resume``, the checkpoint's recorded
+    options sit under the TOML and the flags, and the run-defining ones may not change."""
+    options = resolve(specs, command_line, toml_path)
+    if not options.resume:
+        return options
+    if "start_step" in command_line:
+        raise PsycheError("--resume and --start-step both pick the first step; give only one")
+    found = checkpoint.read(checkpoint.find_checkpoint(options.resume))
+    recorded = found.run.get("options", {})
+    merged = resolve(specs, command_line, toml_path, base=recorded)
+    for key in RUN_DEFINING:
+        if key in recorded and merged[key] != recorded[key]:
+            flag = key.replace("_", "-")
+            raise PsycheError(
+                f"--{flag} {merged[key]!r} differs from the checkpoint's {recorded[key]!r} "
+                f"({found.path}); a resumed run keeps its {flag}"
+            )
+    if found.step >= merged.total_steps:
+        raise PsycheError(
+            f"{found.path} is at step {found.step}, the run's last (--total-steps "
+            f"{merged.total_steps}); raise --total-steps to train further"
+        )
+    return merged.replace(resume=str(found.path), start_step=found.step + 1)
+
+
+def check_numbers(options: Options) -> None:
+    rules = [
+        ("learning-rate", options.learning_rate > 0, "must be positive"),
+        ("warmup-steps", options.warmup_steps >= 0, "must be >= 0"),
+        ("total-steps", options.total_steps >= 1, "must be at least 1"),
+        ("sequence-length", options.sequence_length >= 2, "must be at least 2"),
+        ("max-grad-norm", options.max_grad_norm >= 0, "must be >= 0 (0 disables clipping)"),
+        ("data-parallelism", options.data_parallelism >= 1, "must be at least 1"),
+        ("start-step", options.start_step >= 1, "must be at least 1"),
+    ]
+    for flag, ok, rule in rules:
+        if not ok:
+            raise PsycheError(f"--{flag} {rule}, got {options[flag]}")
+    if options.start_step > options.total_steps:
+        raise PsycheError(
+            f"--start-step {options.start_step} is past --total-steps {options.total_steps}"
+        )
+    if options.total_steps <= options.warmup_steps:
+        raise PsycheError(
+            f"--total-steps ({options.total_steps}) must be larger than --warmup-steps "
+            f"({options.warmup_steps})"
+        )
+
+
+def make_plan(options: Options, plugins: Plugins, world_size: int) -> RunPlan:
+    """Resolve and check every user-facing choice of a run of ``world_size`` peers."""
+    check_numbers(options)
+    device = resolve_device(options.device)
+    plan_batches(options.total_batch, options.micro_batch, world_size)
+    resume = None
+    if options.resume:
+        found = checkpoint.read(options.resume)
+        resume = ResumePoint(str(found.path), found.step, int(found.trainer.get("tokens", 0)))
+        model = _resumed_model(plugins, options, found.run)
+    else:
+        model = resolve_model(plugins, options.model, options)
+    data = choose(plugins.data_providers, options.data_provider, options, "data-provider")
+    optimizer = choose(plugins.optimizers, options.optimizer, options, "optimizer")
+    if resume is not None:
+        _check_same_choices(found, data.name, optimizer.name)
+    options = options.replace(model=options.model or model.label)
+    seed = 0 if options.seed is None else options.seed
+    trainer = TrainerConfig(
+        total_batch=options.total_batch,
+        total_steps=options.total_steps,
+        micro_batch=options.micro_batch,
+        start_step=options.start_step,
+        max_grad_norm=options.max_grad_norm,
+        grad_accum_in_fp32=options.grad_accum_in_fp32,
+        optim_stats=options.optim_stats,
+    )
+    schedule = CosineLR(
+        options.learning_rate,
+        options.warmup_steps,
+        0.0,
+        options.total_steps,
+        options.learning_rate / 10,
+    )
+    reporters = tuple(spec for _, spec, _ in plugins.reporters.items())
+    return RunPlan(
+        options=options,
+        model=model,
+        data=data,
+        optimizer=optimizer,
+        reporters=reporters,
+        device=device,
+        dtype=resolve_dtype(options.dtype, device),
+        world_size=world_size,
+        seed=seed,
+        trainer=trainer,
+        schedule=schedule,
+        record=run_record(options, plugins, model, data, optimizer, world_size),
+        fingerprint=config_fingerprint(options, plugins),
+        resume=resume,
+        plugin_load_args=plugins.load_args,
+    )
+
+
+def _resumed_model(plugins: Plugins, options: Options, run: Mapping[str, Any]) -> ModelChoice:
+    """The model the run was trained with, if installed (a Llama trained through psyche-hf
+    resumes through psyche-hf); else whatever loads the checkpoint's config."""
+    recorded = run.get("model", {}).get("spec")
+    if recorded in plugins.models:
+        spec = plugins.models.get(recorded)
+    else:
+        spec = spec_for_config(plugins, hf.read_config(options.resume), options.resume)
+    label = options.model or run.get("model", {}).get("label", options.resume)
+    return ModelChoice(spec, label, checkpoint=Path(options.resume))
+
+
+def _check_same_choices(found: checkpoint.Checkpoint, data: str, optimizer: str) -> None:
+    for kind, now in (("data_provider", data), ("optimizer", optimizer)):
+        before = found.run.get(kind)
+        if before is not None and before != now:
+            raise PsycheError(
+                f"the checkpoint {found.path} was trained with {kind.replace('_', ' ')} "
+                f"{before!r}, this run would use {now!r}; a resumed run keeps its {kind}"
+            )
+
+
+def run_record(
+    options: Options,
+    plugins: Plugins,
+    model: ModelChoice,
+    data: DataProviderSpec,
+    optimizer: OptimizerSpec,
+    world_size: int,
+) -> dict[str, Any]:
+    """What a checkpoint records about the run that wrote it."""
+    from psyche_core import __version__
+
+    return {
+        "psyche_version": __version__,
+        "options": {k: v for k, v in options.items() if k not in ("resume", "start_step")},
+        "model": {"label": model.label, "spec": model.spec.name},
+        "optimizer": optimizer.name,
+        "data_provider": data.name,
+        "world_size": world_size,
+        "plugins": {i.name: i.version for i in plugins.infos if i.error is None},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def config_fingerprint(options: Options, plugins: Plugins) -> dict[str, Any]:
+    """The options and plugin versions every peer of a run must share."""
+    from psyche_core import __version__
+
+    fingerprint = {k: v for k, v in options.items() if k not in PER_PEER_OPTIONS}
+    fingerprint["psyche_version"] = __version__
+    fingerprint["plugins"] = sorted(
+        f"{i.name}={i.version}" for i in plugins.infos if i.error is None
+    )
+    return fingerprint
