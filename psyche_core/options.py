@@ -140,6 +140,39 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
         "the run's recorded options are the defaults.",
     ),
     OptionSpec(
+        "eval-every",
+        int,
+        0,
+        "Every this many steps (and at the last), report the held-out loss val_loss and "
+        "val_ppl; needs --eval-holdout or --eval-data-path/--eval-data-url. 0: never.",
+    ),
+    OptionSpec(
+        "eval-holdout",
+        int,
+        0,
+        "Hold out the last this many sequences of the training data (never trained on) "
+        "for --eval-every.",
+    ),
+    OptionSpec(
+        "eval-data-path",
+        str,
+        None,
+        "Held-out data for --eval-every: a folder of token files, read like --data-path.",
+    ),
+    OptionSpec(
+        "eval-data-url",
+        str,
+        None,
+        "Held-out data for --eval-every over HTTP, read like --data-url.",
+    ),
+    OptionSpec(
+        "eval-batches",
+        int,
+        None,
+        "Score this many total batches of --eval-data-path/--eval-data-url (default: all "
+        "of it); a holdout is always scored whole.",
+    ),
+    OptionSpec(
         "optim-stats",
         bool,
         False,
