@@ -226,3 +226,24 @@ def test_tensorboard_missing_is_one_clear_line(tmp_path, plugins, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     with pytest.raises(PsycheError, match=r"needs tensorboard: pip install"):
         train(plugins, flags(tmp_path, tensorboard=str(tmp_path / "tb"), total_steps=3))
+
+
+def test_wandb_offline_run_records_each_steps_metrics(tmp_path, plugins, monkeypatch):
+    pytest.importorskip("wandb", reason="the W&B reporter test needs wandb (requirements-dev)")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(plugins, flags(tmp_path, wandb_project="psyche-test", total_steps=3))
+    [run_file] = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    # the run file holds each logged value as JSON text, next to its key
+    recorded = run_file.read_bytes()
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for row in logged:
+        assert json.dumps(row["loss"]).encode() in recorded
+    assert b"grad_norm" in recorded and b"tokens_per_s" in recorded
+
+
+def test_wandb_missing_is_one_clear_line(tmp_path, plugins, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import fails
+    with pytest.raises(PsycheError, match=r"--wandb-project needs wandb: pip install"):
+        train(plugins, flags(tmp_path, wandb_project="p", total_steps=3))
