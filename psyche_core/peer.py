@@ -84,6 +84,7 @@ def run_peer(
             state = checkpoint.read_peer_state(plan.resume.path, comm.rank)
             trainer.load_peer_state(state, plan.resume.step, plan.resume.tokens)
         summary = trainer.train(stop)
+        summary["parameters"] = model.num_parameters()
     finally:
         data.close()
         if eval_data is not None:

@@ -155,12 +155,16 @@ class Trainer:
         )
         bytes_before = self.comm.bytes_sent
         self.model.train()
+        optimizer_started = time.perf_counter()
         self.optimizer.prepare_step(ctx)
+        optimizer_s = time.perf_counter() - optimizer_started
         try:
             local_loss, tokens = self._forward_backward(samples)
         except BaseException:
             self.optimizer.abort_step(ctx)
             raise
+        # the optimizer's share of the step: its lookahead, exchange, clipping and update
+        optimizer_started = time.perf_counter()
         params = self.optimizer.params
         if self.optimizer.averages_gradients:
             grads = [p.grad for p in params if p.grad is not None]
@@ -168,6 +172,7 @@ class Trainer:
         norm = clip_grad_norm_(params, self.config.max_grad_norm)
         stats = self.optimizer.step(ctx)
         self.optimizer.zero_grad()
+        optimizer_s += time.perf_counter() - optimizer_started
         model_metrics = self.model.step_end(self.comm)
         bytes_sent = self.comm.bytes_sent - bytes_before
 
@@ -192,6 +197,7 @@ class Trainer:
             "tokens_per_s": global_tokens / elapsed if elapsed > 0 else 0.0,
             "tokens": self.tokens_seen,
             "step_time_s": elapsed,
+            "optimizer_s": optimizer_s,
             "data_wait_s": data_wait,
             "bytes_sent": bytes_sent,
             **stats,
