@@ -92,3 +92,27 @@ def test_val_loss_in_the_metrics_and_equal_for_thread_and_process_peers(tmp_path
 def test_bad_held_out_settings_are_one_clear_error(tmp_path, plugins, flags, message):
     with pytest.raises(PsycheError, match=message):
         run.train(options(tmp_path, **flags), plugins)
+
+
+def test_plot_draws_the_held_out_loss(tmp_path):
+    pytest.importorskip("matplotlib")
+    from psyche_core.cli.plot import plot_runs
+
+    rows = [
+        {"step": s, "loss": 3.0 - 0.1 * s, "tokens": 64 * s, "tokens_per_s": 100.0}
+        | ({"val_loss": 3.1 - 0.1 * s} if s % 2 == 0 else {})
+        for s in range(1, 7)
+    ]
+    metrics = tmp_path / "m.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    original = plt.Axes.plot
+    plt.Axes.plot = lambda self, *a, **k: drawn.append(k.get("label")) or original(self, *a, **k)
+    try:
+        plot_runs([metrics], tmp_path / "c.png")
+    finally:
+        plt.Axes.plot = original
+    assert drawn.count(f"{tmp_path.name} (held-out)") == 2  # against step and against tokens
+    assert (tmp_path / "c.png").stat().st_size > 1000
