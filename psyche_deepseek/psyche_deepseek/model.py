@@ -29,7 +29,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from psyche_core.comm import Communicator
 from psyche_core.errors import PsycheError
@@ -235,13 +235,8 @@ class DeepseekV3Attention(nn.Module):
 
 
 def sdpa_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.Tensor | None,
-    scale: float,
-    dropout: float,
-) -> torch.Tensor:
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, dropout: float
+) -> Tensor:
     """torch's fused attention. MLA's value heads are narrower than its query / key heads;
     zero-padding them to one width lets torch pick its flash kernel instead of the math one,
     and changes neither the scores nor the output."""
@@ -257,13 +252,8 @@ def sdpa_attention(
 
 
 def eager_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.Tensor | None,
-    scale: float,
-    dropout: float,
-) -> torch.Tensor:
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, dropout: float
+) -> Tensor:
     """Reference attention: softmax in float32; ``mask`` is boolean (True = may attend)."""
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, h, T, T)
     if mask is None:
