@@ -152,14 +152,20 @@ class DeepseekV3RotaryEmbedding(nn.Module):
         return cos, sin
 
 
-def apply_rotary_pos_emb(
-    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave: bool
-) -> torch.Tensor:
-    """Rotate pairs of ``x`` ``(..., T, rope_dim)``: adjacent pairs (x0, x1), (x2, x3) ... when
-    ``interleave`` (DeepSeek's layout; the result is laid out evens then odds, as transformers
-    does, which changes no query-key product), else (x_i, x_{i + d/2}) as Llama."""
-    x1, x2 = (x[..., 0::2], x[..., 1::2]) if interleave else x.chunk(2, dim=-1)
+def apply_rotary_pos_emb(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate-half RoPE on ``x`` ``(..., T, rope_dim)``: pairs (x_i, x_{i + d/2}), as Llama."""
+    x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def apply_rotary_emb(x: Tensor, freqs_cis: Tensor) -> Tensor:
+    """Adjacent pairs (x[2i], x[2i+1]) of ``x`` ``(..., T, rope_dim)`` rotated as complex
+    numbers in float32 and laid out as they came: transformers' V2 ``apply_rotary_emb``."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # (..., rope_dim / 2, 2)
+    if pairs.storage_offset() % 2 or any(stride % 2 for stride in pairs.stride()[:-1]):
+        pairs = pairs.contiguous()  # view_as_complex needs whole complex numbers
+    turned = torch.view_as_complex(pairs) * freqs_cis
+    return torch.view_as_real(turned).flatten(-2).to(x.dtype)
 
 
 # -- attention -----------------------------------------------------------------------------------
@@ -228,10 +234,14 @@ class DeepseekV3Attention(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, position_embeddings: PositionEmbeddings
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = position_embeddings
-        return (
-            apply_rotary_pos_emb(q, cos, sin, self.rope_interleave),
-            apply_rotary_pos_emb(k, cos, sin, self.rope_interleave),
-        )
+        if self.rope_interleave:
+            # DeepSeek's adjacent pairs. transformers' V3 rotates them with strided even / odd
+            # slices in the model dtype and lays them out evens then odds; one complex multiply
+            # in float32 is the same rotation (more precise under bfloat16), 3x faster on the
+            # CPU, and the layout changes no query-key product.
+            freqs_cis = torch.complex(cos.float(), sin.float())
+            return apply_rotary_emb(q, freqs_cis), apply_rotary_emb(k, freqs_cis)
+        return apply_rotary_pos_emb(q, cos, sin), apply_rotary_pos_emb(k, cos, sin)
 
 
 def sdpa_attention(
@@ -459,16 +469,6 @@ class DeepseekV2RotaryEmbedding(DeepseekV3RotaryEmbedding):
         V2 rotates in float32 whatever the model dtype)."""
         angles = self.angles(positions)
         return torch.polar(torch.full_like(angles, self.attention_scaling), angles)
-
-
-def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
-    """Adjacent pairs (x[2i], x[2i+1]) of ``x`` ``(..., T, rope_dim)`` rotated as complex
-    numbers in float32, laid out as they came (transformers' V2 ``apply_rotary_emb``)."""
-    pairs = x.float().unflatten(-1, (-1, 2))  # (..., rope_dim / 2, 2)
-    if pairs.storage_offset() % 2 or any(stride % 2 for stride in pairs.stride()[:-1]):
-        pairs = pairs.contiguous()  # view_as_complex needs whole complex numbers
-    turned = torch.view_as_complex(pairs) * freqs_cis
-    return torch.view_as_real(turned).flatten(-2).to(x.dtype)
 
 
 class DeepseekV2Attention(DeepseekV3Attention):
