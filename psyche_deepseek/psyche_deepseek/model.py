@@ -14,9 +14,10 @@ own low-rank bottleneck (``q_a_proj`` -> ``q_a_layernorm`` -> ``q_b_proj``) unle
 each query / key head are rotated. Unlike Llama, ``head_dim`` in these configs is that rotary
 size, not the attention head size.
 
-The file reads as DeepSeek-V3; V2 is the same model but for its rotary embedding (complex
-float32 rotation of adjacent pairs), in the last section. The MoE layers, shared by both, are
-in :mod:`psyche_deepseek.moe`.
+The file reads as DeepSeek-V3 (cos / sin rotary tables, adjacent or rotate-half pairs per
+``rope_interleave``); V2 is the same model but for its rotary embedding (one complex table,
+adjacent pairs), in the last section. The MoE layers, shared by both, are in
+:mod:`psyche_deepseek.moe`.
 """
 
 from __future__ import annotations
@@ -460,7 +461,7 @@ class DeepseekV3ForCausalLM(CausalLM):
         return balance_step(self.moe_routers(), communicator, self.bias_update_rate)
 
 
-# -- DeepSeek-V2: the same model, rotating in complex float32 -------------------------------------
+# -- DeepSeek-V2: the same model with a complex rotary table --------------------------------------
 
 
 class DeepseekV2RotaryEmbedding(DeepseekV3RotaryEmbedding):
