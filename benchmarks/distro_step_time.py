@@ -8,24 +8,23 @@ gradients; one peer (the in-process communicator with one rank). The DisTrO time
 
 Every configuration (model, threads, mode, 1-bit, top-k, bf16 selection) alternates AdamW
 and DisTrO steps round by round, so both see the same load on a shared machine; the ratio is
-the median over rounds of (DisTrO / AdamW). Prints one JSON object and writes it to
-``--output``. ``--profile`` adds a torch.profiler breakdown of one configuration's steps.
+the median over rounds of (DisTrO / AdamW). Prints one JSON object; ``--save`` also writes it
+to ``benchmarks/results/<--name>.json``. ``--profile`` adds a torch.profiler breakdown of one
+configuration's steps.
 
-    python benchmarks/distro_step_time.py --threads 1 2 [--output benchmarks/results/...]
+    python benchmarks/distro_step_time.py --threads 1 --profile --save
+    python benchmarks/distro_step_time.py --threads 2 --save --name distro_step_time_2threads
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
+import _record
 import torch
 from torch import nn
 
@@ -178,11 +177,13 @@ def main() -> None:
     parser.add_argument("--topk", type=int, nargs="+", default=list(TOPK_SWEEP))
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table")
+    parser.add_argument(
+        "--name", default="distro_step_time", help="results file name for --save (no .json)"
+    )
+    _record.add_save_flag(parser)
     args = parser.parse_args()
 
-    load_before = os.getloadavg()
     models = {name: llama_preset(name, torch.float32) for name in args.models}
     results = []
     for threads in args.threads:
@@ -226,15 +227,6 @@ def main() -> None:
             )
     report = {
         "benchmark": "distro_step_time",
-        "command": "python " + " ".join(sys.argv),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-        },
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "sources": {name: source for name, (_, source) in models.items()},
         "target": "DisTrO step incl. prepare_step <= 2x fused AdamW (20m, top-k 4); "
         "full-chunk step <= 3x the top-k 4 step",
@@ -243,10 +235,7 @@ def main() -> None:
     }
     if args.profile:
         report["profile"] = profile_table(models[args.models[0]][0], args.threads[0])
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n")
+    _record.emit(report, args.save, args.name)
 
 
 if __name__ == "__main__":
