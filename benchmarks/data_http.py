@@ -13,18 +13,15 @@ alternating rounds, times batches of ``--batch`` x ``--sequence-length`` samples
 - ``before``: what the provider did before multi-range: one request per sample (adjacent
   samples merged), ``--connections`` at a time, against ``psyche data serve``.
 
-Shuffled (seeded) and in file order. Prints one JSON object of medians and writes
-benchmarks/results/data_http.json; takes a few minutes.
+Shuffled (seeded) and in file order. Prints one JSON object of medians (with ``--save``, also
+writes benchmarks/results/data_http.json); takes a few minutes.
 
-    python benchmarks/data_http.py --megabytes 128 --connections 16
+    python benchmarks/data_http.py --megabytes 128 --connections 16 --save
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import statistics
 import subprocess
 import sys
@@ -32,8 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import _record
 import numpy as np
-import torch
 
 from psyche_data.http import MAX_REQUEST_BYTES, HttpDataProvider, _runs
 from psyche_data.local import LocalDataProvider
@@ -85,6 +82,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
+    _record.add_save_flag(parser)
     args = parser.parse_args()
     length, batch = args.sequence_length, args.batch
     sample_bytes = 2 * length
@@ -148,10 +146,6 @@ def main() -> None:
     shuffled, ordered = results["shuffled"], results["file_order"]
     report = {
         "benchmark": "http provider over loopback vs local, before and after multi-range",
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__},
-        "loadavg": os.getloadavg(),
         "data_megabytes": args.megabytes,
         "batch": batch,
         "sequence_length": length,
@@ -162,11 +156,7 @@ def main() -> None:
             shuffled["http"]["MB_per_s"] / ordered["http"]["MB_per_s"], 3
         ),
     }
-    text = json.dumps(report, indent=1)
-    print(text)
-    results_dir = Path(__file__).parent / "results"
-    results_dir.mkdir(exist_ok=True)
-    (results_dir / "data_http.json").write_text(text + "\n")
+    _record.emit(report, args.save, "data_http")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ words, seeded), then, in alternating rounds in this one process, times:
 - ``psyche_w1`` / ``psyche_w2``: the whole ``psyche data tokenize`` run (read the jsonl, encode,
   write shards, .idx and the manifest) with 1 and 2 worker processes.
 
-Prints one JSON object (medians over ``--rounds``) and writes benchmarks/results/data_tokenize.json.
+Prints one JSON object (medians over ``--rounds``); with ``--save``, also writes
+benchmarks/results/data_tokenize.json.
 
     python benchmarks/data_tokenize.py --tokenizer ../shared/fixtures/psyche/llama2_tokenizer.json
 """
@@ -17,18 +18,16 @@ Prints one JSON object (medians over ``--rounds``) and writes benchmarks/results
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import _record
 import numpy as np
-import torch
 
 from psyche_data.tokenize import TokenizeRequest, tokenize
 from psyche_data.tokenizer_source import load_tokenizer
@@ -56,6 +55,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", required=True)
     parser.add_argument("--megabytes", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    _record.add_save_flag(parser)
     args = parser.parse_args()
     source = load_tokenizer(args.tokenizer)
     tokenizer = source.build()
@@ -93,10 +93,6 @@ def main() -> None:
         }
     report = {
         "benchmark": "psyche data tokenize vs tokenizers encode_batch_fast",
-        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__},
-        "loadavg": os.getloadavg(),
         "tokenizer": source.name,
         "corpus_megabytes": round(text_bytes / 1e6, 1),
         "documents": len(texts),
@@ -106,11 +102,7 @@ def main() -> None:
         "w2_vs_ceiling": round(timings_ratio(timings, "psyche_w2"), 3),
         "w1_vs_ceiling": round(timings_ratio(timings, "psyche_w1"), 3),
     }
-    text = json.dumps(report, indent=1)
-    print(text)
-    results_dir = Path(__file__).parent / "results"
-    results_dir.mkdir(exist_ok=True)
-    (results_dir / "data_tokenize.json").write_text(text + "\n")
+    _record.emit(report, args.save, "data_tokenize")
 
 
 def timings_ratio(timings: dict[str, list[float]], name: str) -> float:
