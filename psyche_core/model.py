@@ -101,6 +101,8 @@ class CausalLM(nn.Module, ABC):
     config_class: ClassVar[type[ModelConfig]]
     #: attention kernels the model implements; the first is the default.
     attn_implementations: ClassVar[tuple[str, ...]] = ("sdpa", "eager")
+    #: ``--activation-checkpointing`` modes the model implements (see psyche_core.recompute).
+    activation_checkpointing_modes: ClassVar[tuple[str, ...]] = ("none",)
 
     def __init__(self, config: ModelConfig, options: Options | None = None) -> None:
         """``options``: the run's resolved options, for a model that declares its own
@@ -108,6 +110,7 @@ class CausalLM(nn.Module, ABC):
         super().__init__()
         self.config = config
         self.attn_implementation = self.attn_implementations[0]
+        self.activation_checkpointing = "none"
 
     def set_attn_implementation(self, name: str) -> None:
         """Choose the attention kernel (``--attn-implementation``)."""
@@ -117,6 +120,25 @@ class CausalLM(nn.Module, ABC):
                 f"choose from {', '.join(self.attn_implementations)}"
             )
         self.attn_implementation = name
+
+    def set_activation_checkpointing(self, mode: str) -> None:
+        """Recompute activations in backward (``--activation-checkpointing``); a model that
+        supports it lists the mode in ``activation_checkpointing_modes`` and reads
+        ``self.activation_checkpointing`` in ``forward``."""
+        if mode not in self.activation_checkpointing_modes:
+            raise PsycheError(
+                f"{type(self).__name__} does not support --activation-checkpointing {mode}; "
+                f"choose from {', '.join(self.activation_checkpointing_modes)}"
+            )
+        self.activation_checkpointing = mode
+
+    def flops_per_token(self, sequence_length: int) -> float:
+        """Training FLOPs (forward + backward) per token at ``sequence_length``, for model
+        TFLOP/s and MFU: 6 per matmul weight plus attention (psyche_core.flops). A model
+        whose cost differs (a mixture of experts counts only its active experts) overrides."""
+        from psyche_core.flops import default_flops_per_token
+
+        return default_flops_per_token(self, self.config, sequence_length)
 
     # -- the training contract -----------------------------------------------------------------
 
