@@ -16,9 +16,12 @@ from typing import Any
 import torch
 
 from psyche_core import checkpoint, hf
+from psyche_core.compiling import resolve_compile
 from psyche_core.errors import PsycheError
+from psyche_core.flops import peak_flops
 from psyche_core.options import Options, resolve
 from psyche_core.plugins import Plugins
+from psyche_core.precision import Precision, resolve_precision
 from psyche_core.resolve import (
     ModelChoice,
     choose,
@@ -26,9 +29,6 @@ from psyche_core.resolve import (
     resolve_model,
     spec_for_config,
 )
-from psyche_core.compiling import resolve_compile
-from psyche_core.flops import peak_flops
-from psyche_core.precision import Precision, resolve_precision
 from psyche_core.schedule import LRSchedule, make_schedule
 from psyche_core.specs import DataProviderSpec, OptimizerSpec, OptionSpec, ReporterSpec
 from psyche_core.trainer import TrainerConfig, plan_batches

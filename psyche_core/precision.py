@@ -33,9 +33,7 @@ class Precision:
         return self.autocast_dtype or self.param_dtype
 
 
-def resolve_precision(
-    precision: str | None, dtype: str | None, device: torch.device
-) -> Precision:
+def resolve_precision(precision: str | None, dtype: str | None, device: torch.device) -> Precision:
     """The run's precision from ``--precision`` and ``--dtype`` (either, both or neither).
 
     Defaults: ``32-true`` on CPU (and MPS), ``bf16-mixed`` on CUDA.
@@ -63,9 +61,7 @@ def resolve_precision(
         return Precision(precision, torch.float32, torch.bfloat16)
     if precision == "16-true":
         return Precision(precision, torch.float16)
-    raise PsycheError(
-        f"--precision {precision!r} is unknown; use 32-true, bf16-true or bf16-mixed"
-    )
+    raise PsycheError(f"--precision {precision!r} is unknown; use 32-true, bf16-true or bf16-mixed")
 
 
 def _param_dtype_name(precision: str) -> str:
@@ -76,9 +72,7 @@ def check_bf16_supported(device: torch.device, what: str) -> None:
     """One clear line when ``device`` cannot compute in bfloat16."""
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         name = torch.cuda.get_device_name(device)
-        raise PsycheError(
-            f"{what}: {name} does not support bfloat16; use --precision 32-true"
-        )
+        raise PsycheError(f"{what}: {name} does not support bfloat16; use --precision 32-true")
     if device.type == "mps":
         try:
             torch.ones(1, dtype=torch.bfloat16, device=device)

@@ -23,7 +23,8 @@ from psyche_core.errors import PsycheError
 from psyche_core.plugins import Plugins
 
 DEBUG_ENV = "PSYCHE_DEBUG"
-QUIET_COMMANDS = {"list-plugins", "plot", "bench"}  # commands that report plugin problems themselves
+# commands that report plugin problems themselves
+QUIET_COMMANDS = {"list-plugins", "plot", "bench"}
 
 
 def make_cli(plugins: Plugins) -> click.Group:
