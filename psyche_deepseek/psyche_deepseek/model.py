@@ -33,7 +33,9 @@ from psyche_core.inputs import check_inputs, document_layout
 from psyche_core.losses import causal_lm_output
 from psyche_core.model import CausalLM, CausalLMOutput
 from psyche_core.options import Options
+from psyche_core.recompute import run_layer
 from psyche_deepseek.config import DeepseekV2Config, DeepseekV3Config
+from psyche_deepseek.flops import deepseek_flops_per_token
 from psyche_deepseek.functional import rms_norm
 from psyche_deepseek.moe import MLP, Experts, MoE, TopkRouter, balance_step
 
@@ -287,6 +289,7 @@ class DeepseekModel(nn.Module):
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
+        self.activation_checkpointing = "none"  # set by the CausalLM
 
     def forward(
         self,
@@ -298,7 +301,10 @@ class DeepseekModel(nn.Module):
         x = self.embed_tokens(input_ids)
         rotary = self.rotary_emb(positions, x.dtype)
         for layer in self.layers:
-            x = layer(x, rotary, mask, implementation)
+            # Recomputation routes the same tokens again, so every MoE layer's expert-load
+            # counter doubles uniformly: the balancing sign rule and the load fractions are
+            # unchanged (tests/deepseek checks the biases bit for bit).
+            x = run_layer(layer, self.activation_checkpointing, x, rotary, mask, implementation)
         return self.norm(x)
 
 
@@ -308,6 +314,7 @@ class DeepseekForCausalLM(CausalLM):
 
     config_class = DeepseekV3Config
     config: DeepseekV2Config
+    activation_checkpointing_modes = ("none", "full", "selective")
 
     def __init__(self, config: DeepseekV2Config, options: Options | None = None) -> None:
         super().__init__(config, options)
@@ -316,6 +323,13 @@ class DeepseekForCausalLM(CausalLM):
         self.tie_weights()
         rate = 0.0 if options is None else options.moe_bias_update_rate
         self.bias_update_rate = self._checked_bias_update_rate(rate)
+
+    def set_activation_checkpointing(self, mode: str) -> None:
+        super().set_activation_checkpointing(mode)
+        self.model.activation_checkpointing = mode
+
+    def flops_per_token(self, sequence_length: int) -> float:
+        return deepseek_flops_per_token(self, self.config, sequence_length)
 
     # -- forward -------------------------------------------------------------------------------
 
