@@ -186,3 +186,17 @@ def test_repeated_blocks_are_the_decoder_layers():
 
     model = LlamaForCausalLM.from_config(tiny_config())
     assert compiling.repeated_blocks(model) == list(model.model.layers)
+
+
+def test_a_bare_compile_flag_means_on():
+    import click
+
+    from psyche_core.cli.train import click_option
+    from psyche_core.options import CORE_OPTIONS
+
+    seen = []
+    command = click.Command("t", callback=lambda **kw: seen.append(kw["compile"]))
+    command.params.append(click_option(next(s for s in CORE_OPTIONS if s.name == "compile")))
+    for argv in (["--compile"], [], ["--compile", "auto"]):
+        command.main(argv, standalone_mode=False)
+    assert seen == ["on", "off", "auto"]
