@@ -106,6 +106,8 @@ class CausalLM(nn.Module, ABC):
     #: rotary frequencies, router weights. ``"rotary_emb.inv_freq"`` matches
     #: ``model.rotary_emb.inv_freq``, not ``model.my_rotary_emb.inv_freq``.
     keep_in_fp32: ClassVar[tuple[str, ...]] = ()
+    #: ``--activation-checkpointing`` modes the model implements (see psyche_core.recompute).
+    activation_checkpointing_modes: ClassVar[tuple[str, ...]] = ("none",)
 
     def __init__(self, config: ModelConfig, options: Options | None = None) -> None:
         """``options``: the run's resolved options, for a model that declares its own
@@ -113,6 +115,7 @@ class CausalLM(nn.Module, ABC):
         super().__init__()
         self.config = config
         self.attn_implementation = self.attn_implementations[0]
+        self.activation_checkpointing = "none"
 
     def set_attn_implementation(self, name: str) -> None:
         """Choose the attention kernel (``--attn-implementation``)."""
@@ -148,6 +151,25 @@ class CausalLM(nn.Module, ABC):
             return out
 
         return super()._apply(convert, recurse)
+
+    def set_activation_checkpointing(self, mode: str) -> None:
+        """Recompute activations in backward (``--activation-checkpointing``); a model that
+        supports it lists the mode in ``activation_checkpointing_modes`` and reads
+        ``self.activation_checkpointing`` in ``forward``."""
+        if mode not in self.activation_checkpointing_modes:
+            raise PsycheError(
+                f"{type(self).__name__} does not support --activation-checkpointing {mode}; "
+                f"choose from {', '.join(self.activation_checkpointing_modes)}"
+            )
+        self.activation_checkpointing = mode
+
+    def flops_per_token(self, sequence_length: int) -> float:
+        """Training FLOPs (forward + backward) per token at ``sequence_length``, for model
+        TFLOP/s and MFU: 6 per matmul weight plus attention (psyche_core.flops). A model
+        whose cost differs (a mixture of experts counts only its active experts) overrides."""
+        from psyche_core.flops import default_flops_per_token
+
+        return default_flops_per_token(self, self.config, sequence_length)
 
     # -- the training contract -----------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from psyche_core.errors import PsycheError
+from psyche_core.schedule import DECAY_TYPES, LR_SCHEDULES
 from psyche_core.specs import OptionSpec
 
 if sys.version_info >= (3, 11):
@@ -23,6 +24,9 @@ else:  # pragma: no cover
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 DTYPES = ("float32", "bfloat16", "float16")
+PRECISIONS = ("32-true", "bf16-true", "bf16-mixed")
+COMPILE_MODES = ("off", "on", "auto")
+CHECKPOINTING_MODES = ("none", "full", "selective")
 
 # Psyche's names and meanings; defaults are Psyche's except the run size, which is sized for
 # the embedded quick start on a laptop CPU (Psyche: sequence 2048, batch 256 / micro 8,
@@ -75,6 +79,21 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
         "Steps of the cosine schedule and of the run; it ends at learning-rate / 10 "
         "(Psyche: 25000).",
     ),
+    OptionSpec(
+        "lr-schedule",
+        LR_SCHEDULES,
+        "cosine",
+        "Learning-rate schedule after the warmup: cosine (Psyche's), wsd (stable at the peak, "
+        "then --decay-type over the last --decay-steps), linear, or constant. Decaying "
+        "schedules end at learning-rate / 10.",
+    ),
+    OptionSpec(
+        "decay-steps",
+        int,
+        None,
+        "wsd: steps of the final decay (default: a fifth of the steps after warmup).",
+    ),
+    OptionSpec("decay-type", DECAY_TYPES, "linear", "wsd: shape of the final decay."),
     OptionSpec("beta1", float, 0.9, "AdamW beta1."),
     OptionSpec("beta2", float, 0.95, "AdamW beta2."),
     OptionSpec("weight-decay", float, 0.1, "Decoupled weight decay (AdamW and DisTrO)."),
@@ -93,7 +112,37 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
         "Attention kernel: eager (reference math) or sdpa (torch scaled_dot_product_attention).",
     ),
     OptionSpec("device", str, "auto", "Device: auto, cpu, cuda, cuda:N or mps."),
-    OptionSpec("dtype", DTYPES, None, "Parameter dtype; default float32 on CPU, bfloat16 on CUDA."),
+    OptionSpec(
+        "dtype",
+        DTYPES,
+        None,
+        "Parameter dtype (float32 means --precision 32-true, bfloat16 bf16-true); default "
+        "from --precision.",
+    ),
+    OptionSpec(
+        "precision",
+        PRECISIONS,
+        None,
+        "32-true (float32 everywhere), bf16-true (bfloat16 parameters, gradients and "
+        "optimizer state) or bf16-mixed (float32 parameters and optimizer state, forward and "
+        "backward in bfloat16 under autocast). Default: 32-true on CPU, bf16-mixed on CUDA.",
+    ),
+    OptionSpec(
+        "compile",
+        COMPILE_MODES,
+        "off",
+        "torch.compile each repeated block of the model (regional: compile time does not grow "
+        "with depth). A bare --compile means on (an error where the compiler is unavailable); "
+        "auto falls back to eager there.",
+        flag_value="on",
+    ),
+    OptionSpec(
+        "activation-checkpointing",
+        CHECKPOINTING_MODES,
+        "none",
+        "Recompute activations in backward to save memory: full (each decoder layer) or "
+        "selective (keep matmul and attention outputs, recompute the cheap rest).",
+    ),
     OptionSpec(
         "seed",
         int,

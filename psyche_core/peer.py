@@ -11,6 +11,7 @@ from rich.console import Console
 
 from psyche_core import checkpoint
 from psyche_core.comm import Communicator
+from psyche_core.compiling import compile_regions
 from psyche_core.errors import PsycheError
 from psyche_core.evaluation import HeldOut
 from psyche_core.plan import RunPlan, eval_data_options
@@ -33,6 +34,8 @@ def run_peer(
     check_same_config(comm, plan.fingerprint)
     torch.manual_seed(plan.seed)
     model = plan.model.build(plan.seed, device=device, dtype=plan.dtype, options=options)
+    if plan.compile:
+        compile_regions(model)  # in place: state-dict keys and checkpoints are unchanged
     comm.broadcast_(list(model.state_dict().values()), src=0)
     policy = None
     if options.save_path:

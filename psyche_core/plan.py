@@ -16,18 +16,20 @@ from typing import Any
 import torch
 
 from psyche_core import checkpoint, hf
+from psyche_core.compiling import resolve_compile
 from psyche_core.errors import PsycheError
+from psyche_core.flops import peak_flops
 from psyche_core.options import Options, resolve
 from psyche_core.plugins import Plugins
+from psyche_core.precision import Precision, resolve_precision
 from psyche_core.resolve import (
     ModelChoice,
     choose,
     resolve_device,
-    resolve_dtype,
     resolve_model,
     spec_for_config,
 )
-from psyche_core.schedule import CosineLR
+from psyche_core.schedule import LRSchedule, make_schedule
 from psyche_core.specs import DataProviderSpec, OptimizerSpec, OptionSpec, ReporterSpec
 from psyche_core.trainer import TrainerConfig, plan_batches
 
@@ -73,7 +75,10 @@ class RunPlan:
     world_size: int
     seed: int
     trainer: TrainerConfig
-    schedule: CosineLR
+    schedule: LRSchedule
+    precision: Precision
+    compile: bool  # regional torch.compile of the model's repeated blocks
+    notes: tuple[str, ...]  # header lines about choices made (a --compile auto fallback)
     record: dict[str, Any]  # what every checkpoint records about the run
     fingerprint: dict[str, Any]  # what peers compare before training together
     resume: ResumePoint | None
@@ -153,6 +158,16 @@ def make_plan(options: Options, plugins: Plugins, world_size: int) -> RunPlan:
         _check_same_choices(found, data.name, optimizer.name)
     options = options.replace(model=options.model or model.label)
     seed = 0 if options.seed is None else options.seed
+    precision = resolve_precision(options.precision, options.dtype, device)
+    compiled, compile_note = resolve_compile(options.compile, device)
+    schedule = make_schedule(
+        options.lr_schedule,
+        options.learning_rate,
+        options.warmup_steps,
+        options.total_steps,
+        options.decay_steps,
+        options.decay_type,
+    )
     trainer = TrainerConfig(
         total_batch=options.total_batch,
         total_steps=options.total_steps,
@@ -161,13 +176,9 @@ def make_plan(options: Options, plugins: Plugins, world_size: int) -> RunPlan:
         max_grad_norm=options.max_grad_norm,
         grad_accum_in_fp32=options.grad_accum_in_fp32,
         optim_stats=options.optim_stats,
-    )
-    schedule = CosineLR(
-        options.learning_rate,
-        options.warmup_steps,
-        0.0,
-        options.total_steps,
-        options.learning_rate / 10,
+        autocast_dtype=precision.autocast_dtype,
+        peak_flops=peak_flops(device, precision.compute_dtype),
+        compiled=compiled,
     )
     reporters = tuple(spec for _, spec, _ in plugins.reporters.items())
     return RunPlan(
@@ -178,11 +189,14 @@ def make_plan(options: Options, plugins: Plugins, world_size: int) -> RunPlan:
         reporters=reporters,
         eval_data=eval_data,
         device=device,
-        dtype=resolve_dtype(options.dtype, device),
+        dtype=precision.param_dtype,
         world_size=world_size,
         seed=seed,
         trainer=trainer,
         schedule=schedule,
+        precision=precision,
+        compile=compiled,
+        notes=(compile_note,) if compile_note else (),
         record=run_record(options, plugins, model, data, optimizer, world_size),
         fingerprint=config_fingerprint(options, plugins),
         resume=resume,

@@ -146,6 +146,8 @@ class ConsoleProgress:
         )
         if "val_loss" in m:
             stats += f"  val {m['val_loss']:.4f}"
+        if "mfu" in m:
+            stats += f"  MFU {100 * m['mfu']:.1f}%"
         if self._progress is not None:
             self._progress.update(self._task, completed=m["step"], stats=stats)
             return
@@ -230,10 +232,17 @@ def print_header(console: Console, plan: RunPlan, model: CausalLM, data: Any, de
     console.print(f"  data      {data.describe()}", highlight=False)
     console.print(
         f"  optimizer {plan.optimizer.name}, lr {options.learning_rate:g} (warmup "
-        f"{options.warmup_steps}, cosine to {options.learning_rate / 10:g} at step "
-        f"{options.total_steps})",
+        f"{options.warmup_steps}, {plan.schedule.describe()})",
         highlight=False,
     )
+    speed = [f"precision {plan.precision.name}"]
+    if plan.compile:
+        speed.append("compiled blocks")
+    if options.activation_checkpointing != "none":
+        speed.append(f"activation checkpointing {options.activation_checkpointing}")
+    console.print("  " + ", ".join(speed), highlight=False)
+    for note in plan.notes:
+        console.print(f"  {note}", highlight=False)
     console.print(
         f"  batch     {options.total_batch} x {options.sequence_length} tokens over "
         f"{plan.world_size} peer(s), steps {options.start_step}..{options.total_steps}",
@@ -253,6 +262,12 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     )
     if "val_loss" in summary:
         line += f", held-out loss {summary['val_loss']:.4f}"
+    if "model_tflops" in summary:
+        line += f", {summary['model_tflops']:.3g} model TFLOP/s"
+    if "mfu" in summary:
+        line += f" (MFU {100 * summary['mfu']:.1f}%)"
+    if "compile_s" in summary:
+        line += f"; compile {summary['compile_s']:.1f}s (not in the step times)"
     if summary.get("stopped"):
         line = f"stopped after step {summary['last_step']}; " + line
     console.print(line, highlight=False)

@@ -47,22 +47,26 @@ class ModelChoice:
         cls = self.spec.load()
         attention = None if options is None else options.attn_implementation
         if self.checkpoint is not None:
-            return cls.from_pretrained(
+            model = cls.from_pretrained(
                 self.checkpoint,
                 device=device,
                 dtype=dtype,
                 attn_implementation=attention,
                 options=options,
             )
-        assert self.config is not None
-        return cls.from_config(
-            self.config,
-            seed=seed,
-            device=device,
-            dtype=dtype,
-            attn_implementation=attention,
-            options=options,
-        )
+        else:
+            assert self.config is not None
+            model = cls.from_config(
+                self.config,
+                seed=seed,
+                device=device,
+                dtype=dtype,
+                attn_implementation=attention,
+                options=options,
+            )
+        if options is not None:
+            model.set_activation_checkpointing(options.activation_checkpointing)
+        return model
 
 
 # -- the model ----------------------------------------------------------------------------------

@@ -67,7 +67,8 @@ class OptionSpec:
     ``compression_chunk``) in a run TOML, and ``options.compression_chunk`` in the factory.
     ``type`` is ``int``, ``float``, ``str``, ``bool`` (a ``--flag/--no-flag`` switch) or a
     tuple of allowed strings. ``cli=False`` makes
-    an option that only a TOML file can set (for lists and tables).
+    an option that only a TOML file can set (for lists and tables). ``flag_value``: what the
+    flag means given without a value (``--compile`` alone is ``--compile on``).
     """
 
     name: str
@@ -75,6 +76,7 @@ class OptionSpec:
     default: Any = None
     help: str = ""
     cli: bool = True
+    flag_value: Any = None
 
     @property
     def key(self) -> str:

@@ -12,6 +12,7 @@ wrapping past the end for multi-epoch runs); peer ``r`` of ``N`` takes the ``r``
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -43,6 +44,9 @@ class TrainerConfig:
     max_grad_norm: float = 1.0
     grad_accum_in_fp32: bool = False
     optim_stats: bool = False
+    autocast_dtype: torch.dtype | None = None  # bf16-mixed: forward/backward under autocast
+    peak_flops: float | None = None  # the device's peak FLOP/s at the compute dtype, for MFU
+    compiled: bool = False  # the model has torch.compile'd regions: report compile time
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,10 @@ class Trainer:
         self.next_step = config.start_step
         self.tokens_seen = 0
         self.stop_agreed = False  # set when any peer asked to stop; all peers see it together
+        self.flops_per_token: float | None = None  # known once the first batch's length is
+        self.model_flops = 0.0  # this peer's model FLOPs so far, and the seconds they took
+        self.compute_s = 0.0
+        self.compile_s = 0.0
         self._prefetch = _Prefetcher(data, self.sample_ids)
 
     # -- data addressing ------------------------------------------------------------------------
@@ -144,6 +152,7 @@ class Trainer:
     def train_step(self, step: int, stop_requested: bool = False) -> dict[str, Any]:
         """Run global ``step``; returns its metrics (identical on every peer where averaged)."""
         started = time.perf_counter()
+        compiling_before = _compile_seconds() if self.config.compiled else 0.0
         samples, data_wait = self._prefetch.get(step, self.config.total_steps)
         lr = self.schedule(step)
         ctx = StepContext(
@@ -186,9 +195,15 @@ class Trainer:
                 f"loss is {loss} at step {step}; lower --learning-rate or check the data"
             )
         elapsed = time.perf_counter() - started
+        compile_s = 0.0
+        if self.config.compiled:  # compile time is reported on its own, not as step time
+            compile_s = min(elapsed, _compile_seconds() - compiling_before)
+            elapsed -= compile_s
+            self.compile_s += compile_s
         global_tokens = tokens * self.comm.world_size
         self.tokens_seen += global_tokens
         self.next_step = step + 1
+        throughput = self._throughput(tokens, elapsed)
         metrics: dict[str, Any] = {
             "step": step,
             "loss": loss,
@@ -200,11 +215,29 @@ class Trainer:
             "optimizer_s": optimizer_s,
             "data_wait_s": data_wait,
             "bytes_sent": bytes_sent,
+            **throughput,
+            **({"compile_s": compile_s} if compile_s > 0 else {}),
             **stats,
             **model_metrics,
         }
         self.stop_agreed = stop > 0
         return metrics
+
+    def _throughput(self, tokens: int, seconds: float) -> dict[str, float]:
+        """This peer's achieved model TFLOP/s and, when the peak is known, MFU."""
+        flops = (self.flops_per_token or 0.0) * tokens
+        self.model_flops += flops
+        self.compute_s += seconds
+        achieved = flops / seconds if seconds > 0 else 0.0
+        out = {"model_tflops": achieved / 1e12}
+        if self.config.peak_flops:
+            out["mfu"] = achieved / self.config.peak_flops
+        return out
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.config.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.config.autocast_dtype)
 
     def _forward_backward(self, samples: list[TokenizedData]) -> tuple[float, int]:
         """Accumulate gradients over micro-batches; returns (mean loss, tokens)."""
@@ -215,13 +248,16 @@ class Trainer:
         for i in range(n_micro):
             chunk = samples[i * self.micro_batch : (i + 1) * self.micro_batch]
             batch = collate(chunk).to(self.device)
-            output = self.model(
-                batch.input_ids,
-                labels=batch.labels,
-                position_ids=batch.position_ids,
-                sequence_lengths=batch.sequence_lengths,
-                return_logits=False,
-            )
+            if self.flops_per_token is None:
+                self.flops_per_token = self.model.flops_per_token(batch.input_ids.shape[1])
+            with self._autocast():
+                output = self.model(
+                    batch.input_ids,
+                    labels=batch.labels,
+                    position_ids=batch.position_ids,
+                    sequence_lengths=batch.sequence_lengths,
+                    return_logits=False,
+                )
             if output.loss is None:
                 raise PsycheError(f"{type(self.model).__name__}.forward returned no loss")
             # Each micro-batch's mean loss counts 1/n_micro, so the accumulated gradient is
@@ -279,6 +315,13 @@ class Trainer:
             self._prefetch.close()
         summary["elapsed_s"] = time.perf_counter() - started
         summary["tokens"] = self.tokens_seen
+        if self.compute_s > 0:
+            achieved = self.model_flops / self.compute_s
+            summary["model_tflops"] = achieved / 1e12
+            if self.config.peak_flops:
+                summary["mfu"] = achieved / self.config.peak_flops
+        if self.config.compiled:
+            summary["compile_s"] = self.compile_s
         for reporter in self.reporters:
             reporter.on_end(summary)
         return summary
@@ -340,6 +383,16 @@ class Trainer:
         if errors:
             raise PsycheError(errors[0])
         return target
+
+
+def _compile_seconds() -> float:
+    """Wall seconds torch.compile has spent in this process (dynamo's own accounting)."""
+    try:
+        from torch._dynamo.utils import calculate_time_spent
+
+        return float(calculate_time_spent().get("total_wall_time", 0.0))
+    except Exception:  # an internal API: without it, compile time counts as step time
+        return 0.0
 
 
 class _Prefetcher:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import click
 
 from psyche_core import __version__
+from psyche_core.cli.bench import bench_command
 from psyche_core.cli.compare import make_compare_command
 from psyche_core.cli.generate import make_generate_command
 from psyche_core.cli.list_plugins import make_list_plugins_command
@@ -23,7 +24,8 @@ from psyche_core.errors import PsycheError
 from psyche_core.plugins import Plugins
 
 DEBUG_ENV = "PSYCHE_DEBUG"
-QUIET_COMMANDS = {"list-plugins", "plot"}  # commands that report plugin problems themselves
+# commands that report plugin problems themselves
+QUIET_COMMANDS = {"list-plugins", "plot", "bench"}
 
 
 def make_cli(plugins: Plugins) -> click.Group:
@@ -45,6 +47,7 @@ def make_cli(plugins: Plugins) -> click.Group:
     cli.add_command(make_generate_command(plugins))
     cli.add_command(make_compare_command(plugins))
     cli.add_command(plot_command)
+    cli.add_command(bench_command)
     plugins.add_commands(cli)
     return cli
 

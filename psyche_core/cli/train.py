@@ -23,12 +23,16 @@ def click_option(spec: OptionSpec, owner: str | None = None) -> click.Option:
             help=help_text,
         )
     kind: Any = click.Choice(spec.type) if isinstance(spec.type, tuple) else spec.type
+    optional_value: dict[str, Any] = {}
+    if spec.flag_value is not None:  # the value may be left out: ``--compile`` = ``--compile on``
+        optional_value = {"is_flag": False, "flag_value": spec.flag_value}
     return click.Option(
         [f"--{spec.name}", spec.key],
         type=kind,
         default=spec.default,
         show_default=spec.default is not None,
         help=help_text,
+        **optional_value,
     )
 
 

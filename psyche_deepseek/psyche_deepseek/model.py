@@ -38,7 +38,9 @@ from psyche_core.inputs import check_inputs, positions_and_mask
 from psyche_core.losses import causal_lm_output
 from psyche_core.model import CausalLM, CausalLMOutput
 from psyche_core.options import Options
+from psyche_core.recompute import run_layer
 from psyche_deepseek.config import DeepseekV2Config, DeepseekV3Config
+from psyche_deepseek.flops import deepseek_flops_per_token
 from psyche_deepseek.functional import rms_norm
 from psyche_deepseek.moe import (
     DeepseekV3Experts,
@@ -319,6 +321,7 @@ class DeepseekV3Model(nn.Module):
         )
         self.norm = DeepseekV3RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = self.rotary_class(config)
+        self.activation_checkpointing = "none"  # set by the CausalLM
 
     def forward(
         self,
@@ -330,7 +333,12 @@ class DeepseekV3Model(nn.Module):
         x = self.embed_tokens(input_ids)  # (B, T, hidden)
         position_embeddings = self.rotary_emb(positions, x.dtype)
         for layer in self.layers:
-            x = layer(x, position_embeddings, mask, implementation)
+            # Recomputation routes the same tokens again, so every MoE layer's expert-load
+            # counter doubles uniformly: the balancing sign rule and the load fractions are
+            # unchanged (tests/deepseek checks the biases bit for bit).
+            x = run_layer(
+                layer, self.activation_checkpointing, x, position_embeddings, mask, implementation
+            )
         return self.norm(x)
 
 
@@ -348,6 +356,7 @@ class DeepseekV3ForCausalLM(CausalLM):
         "mlp.gate.e_score_correction_bias",
         "mlp.gate.expert_load",
     )
+    activation_checkpointing_modes = ("none", "full", "selective")
 
     def __init__(self, config: DeepseekV2Config, options: Options | None = None) -> None:
         super().__init__(config, options)
@@ -356,6 +365,15 @@ class DeepseekV3ForCausalLM(CausalLM):
         self.tie_weights()
         rate = 0.0 if options is None else options.moe_bias_update_rate
         self.bias_update_rate = self._checked_bias_update_rate(rate)
+
+    def set_activation_checkpointing(self, mode: str) -> None:
+        super().set_activation_checkpointing(mode)
+        self.model.activation_checkpointing = mode
+
+    def flops_per_token(self, sequence_length: int) -> float:
+        return deepseek_flops_per_token(self, self.config, sequence_length)
+
+    # -- forward -------------------------------------------------------------------------------
 
     def forward(
         self,

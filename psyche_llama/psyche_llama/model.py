@@ -36,6 +36,7 @@ from psyche_core.inputs import check_inputs, positions_and_mask
 from psyche_core.losses import causal_lm_output
 from psyche_core.model import CausalLM, CausalLMOutput, ModelConfig
 from psyche_core.options import Options
+from psyche_core.recompute import run_layer
 
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
@@ -319,6 +320,7 @@ class LlamaModel(nn.Module):
         )
         self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = LlamaRotaryEmbedding(config)
+        self.activation_checkpointing = "none"  # set by LlamaForCausalLM
 
     def forward(
         self,
@@ -330,7 +332,7 @@ class LlamaModel(nn.Module):
         x = self.embed_tokens(input_ids)  # (B, T, hidden)
         cos, sin = self.rotary_emb(position_ids, x.dtype)
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, implementation)
+            x = run_layer(layer, self.activation_checkpointing, x, cos, sin, mask, implementation)
         return self.norm(x)
 
 
@@ -340,12 +342,17 @@ class LlamaForCausalLM(CausalLM):
     config_class = LlamaConfig
     config: LlamaConfig
     keep_in_fp32 = ("rotary_emb.inv_freq",)
+    activation_checkpointing_modes = ("none", "full", "selective")
 
     def __init__(self, config: LlamaConfig, options: Options | None = None) -> None:
         super().__init__(config, options)
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
+
+    def set_activation_checkpointing(self, mode: str) -> None:
+        super().set_activation_checkpointing(mode)
+        self.model.activation_checkpointing = mode
 
     def init_weights(self, generator: torch.Generator) -> None:
         """transformers' init: N(0, initializer_range), zero biases, norms one, and a zero

@@ -266,6 +266,32 @@ class HfCausalLM(CausalLM):
             )
         self.attn_implementation = name
 
+    activation_checkpointing_modes = ("none", "full")
+
+    def set_activation_checkpointing(self, mode: str) -> None:
+        """``full``: transformers' own gradient checkpointing (each decoder layer recomputed,
+        non-reentrant); transformers has no selective mode."""
+        super().set_activation_checkpointing(mode)
+        model = self.hf_model
+        # transformers 5 renamed gradient_* to activation_checkpointing_* (the old names warn)
+        renamed = hasattr(model, "activation_checkpointing_enable")
+        if mode == "none":
+            if renamed:
+                model.activation_checkpointing_disable()
+            else:
+                model.gradient_checkpointing_disable()
+            return
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise PsycheError(
+                f"{self._describe()} does not support gradient checkpointing; use "
+                "--activation-checkpointing none"
+            )
+        kwargs = {"use_reentrant": False}
+        if renamed:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
     # -- facts ----------------------------------------------------------------------------------
 
     @property
