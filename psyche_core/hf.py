@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,11 +154,15 @@ def save_checkpoint(
     state_dict: Mapping[str, torch.Tensor],
     max_shard_size: int | None = None,
     extra_files: Mapping[str, str | bytes] | None = None,
+    finish: Callable[[Path], None] | None = None,
+    replace: bool = True,
 ) -> Path:
     """Write config.json + safetensors (sharded above ``max_shard_size`` bytes) atomically.
 
     The files go to a temporary directory beside ``directory`` that replaces it at the end;
-    an existing checkpoint stays intact until the new one is complete.
+    an existing checkpoint stays intact until the new one is complete. ``finish(staging)``
+    runs last, before the move (a checksum manifest). With ``replace=False`` an existing
+    ``directory`` wins and the new files are discarded (two peers saving the same step).
     """
     from safetensors.torch import save_file
 
@@ -187,7 +191,18 @@ def save_checkpoint(
             mode = "wb" if isinstance(content, bytes) else "w"
             with open(staging / name, mode) as f:
                 f.write(content)
-        replace_directory(staging, target)
+        if finish is not None:
+            finish(staging)
+        if replace:
+            replace_directory(staging, target)
+        else:
+            _fsync_tree(staging)
+            try:
+                os.rename(staging, target)  # atomic; fails if another writer got there first
+            except OSError:
+                if not target.is_dir():
+                    raise
+                shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -197,11 +212,12 @@ def save_checkpoint(
 def replace_directory(staging: Path, target: Path) -> None:
     """Move a finished ``staging`` directory to ``target``, replacing what was there.
 
-    A target holding sub-directories (a save path with step-NNNNNN checkpoints) keeps them: the
-    new files are moved in one by one and stale weight files removed.
+    A target that already holds anything (a save path with step-NNNNNN checkpoints, a metrics
+    file) keeps it: the new files are moved in one by one and stale weight files removed, so a
+    save never deletes a file it did not write.
     """
     _fsync_tree(staging)
-    if target.is_dir() and any(p.is_dir() for p in target.iterdir()):
+    if target.is_dir() and any(target.iterdir()):
         new = {p.name for p in staging.iterdir()}
         for path in staging.iterdir():
             os.replace(path, target / path.name)

@@ -68,6 +68,11 @@ class OptionSpec:
     ``type`` is ``int``, ``float``, ``str``, ``bool`` (a ``--flag/--no-flag`` switch) or a
     tuple of allowed strings. ``cli=False`` makes
     an option that only a TOML file can set (for lists and tables).
+
+    ``min`` / ``max`` bound a number (inclusive); ``above`` / ``below`` are exclusive bounds
+    (a timeout or learning rate must be > 0, a beta < 1). Numbers are always checked for
+    finiteness, and ints for fitting in 63 bits, by
+    :func:`psyche_core.options.check_bounds`, before step 1.
     """
 
     name: str
@@ -75,6 +80,10 @@ class OptionSpec:
     default: Any = None
     help: str = ""
     cli: bool = True
+    min: float | None = None
+    max: float | None = None
+    above: float | None = None
+    below: float | None = None
 
     @property
     def key(self) -> str:
