@@ -1,0 +1,172 @@
+"""Nothing the user has is ever lost: save paths psyche owns, checked checkpoints, bounded
+numbers (issue 18)."""
+
+import json
+import math
+import shutil
+
+import pytest
+
+from psyche_core import checkpoint, plan
+from psyche_core.errors import PsycheError
+from psyche_core.options import INT_LIMIT
+from psyche_core.plugins import Plugins
+from tests.core import toy_plugin
+from tests.core.test_cli import run_main
+from tests.core.test_lifecycle import flags, train
+
+SHORT = ["--model", "toy", "--data-provider", "toy", "--total-steps", "2", "--warmup-steps", "1"]
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+# -- save paths ---------------------------------------------------------------------------------
+
+
+def test_the_data_folder_survives_save_path_pointed_at_it(tmp_path, plugins):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "tokens.npy").write_bytes(b"\x00" * 64)
+    (data / "notes.txt").write_text("my notes")
+    before = snapshot(data)
+    with pytest.raises(PsycheError, match="holds files psyche did not write"):
+        train(plugins, flags(tmp_path, save_path=str(data), total_steps=2, warmup_steps=1))
+    assert snapshot(data) == before
+    assert not (tmp_path / "metrics.jsonl").exists()  # refused before step 1
+
+
+def test_a_file_or_a_path_under_a_file_is_refused_before_step_1(tmp_path, plugins):
+    file = tmp_path / "model.bin"
+    file.write_text("keep me")
+    with pytest.raises(PsycheError, match="is a file"):
+        train(plugins, flags(tmp_path, save_path=str(file), total_steps=2, warmup_steps=1))
+    assert file.read_text() == "keep me"
+    with pytest.raises(PsycheError, match="cannot write there"):
+        train(plugins, flags(tmp_path, save_path=str(file / "run"), total_steps=2, warmup_steps=1))
+    with pytest.raises(PsycheError, match="--metrics .*cannot write there"):
+        bad_metrics = str(file / "m.jsonl")
+        train(plugins, flags(tmp_path, metrics=bad_metrics, total_steps=2, warmup_steps=1))
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").iterdir())
+
+
+def test_another_psyche_run_is_replaced_only_with_overwrite(tmp_path, plugins):
+    short = dict(total_steps=2, warmup_steps=1, checkpoint_every=1)
+    train(plugins, flags(tmp_path, **short))
+    assert (tmp_path / "run" / checkpoint.RUN_FILE).is_file()  # the mark of a psyche run
+    with pytest.raises(PsycheError, match="holds another psyche run; pass --overwrite"):
+        train(plugins, flags(tmp_path, **short))
+    (tmp_path / "run" / "README.md").write_text("notes kept beside the run")
+    train(plugins, flags(tmp_path, overwrite=True, **short))
+    assert (tmp_path / "run" / "README.md").read_text() == "notes kept beside the run"
+
+
+def test_keep_last_needs_at_least_one_and_keeps_what_it_reports(tmp_path, plugins, capsys):
+    for bad in ("-1", "0"):
+        code, _, err = run_main(plugins, capsys, "train", *SHORT, "--keep-last", bad)
+        assert code == 1 and "--keep-last must be at least 1" in err, err
+    summary = train(plugins, flags(tmp_path, checkpoint_every=1, keep_last=1))
+    names = [p.name for p in checkpoint.list_checkpoints(tmp_path / "run")]
+    assert names == ["step-000008"] and summary["checkpoint"].endswith("step-000008")
+
+
+def test_a_copied_run_resumes_into_itself(tmp_path, plugins):
+    run_a, run_b = tmp_path / "runA", tmp_path / "runB"
+    train(plugins, flags(tmp_path, save_path=str(run_a), metrics=str(run_a / "metrics.jsonl")))
+    shutil.copytree(run_a, run_b)
+    shutil.rmtree(run_b / "step-000008")
+    before = snapshot(run_a)
+    train(plugins, {"resume": str(run_b)})
+    assert snapshot(run_a) == before  # the original is untouched
+    assert checkpoint.read(run_b / "step-000008").step == 8
+    lines = (run_b / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines]
+    assert steps[-4:] == [5, 6, 7, 8]
+
+
+# -- checkpoint integrity -----------------------------------------------------------------------
+
+
+def test_a_flipped_byte_is_caught_and_the_intact_checkpoint_offered(tmp_path, plugins):
+    train(plugins, flags(tmp_path, total_steps=8, checkpoint_every=2))
+    run = tmp_path / "run"
+    newest = run / "step-000008"
+    weights = newest / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x10  # inside the tensor data: safetensors itself would load it
+    weights.write_bytes(bytes(data))
+    with pytest.raises(PsycheError) as caught:
+        plan.resolve_run_options(plan_specs(), {"resume": str(run), "total_steps": 10}, None)
+    message = str(caught.value)
+    assert "step-000008 is damaged (model.safetensors does not match its checksum)" in message
+    assert "newest intact one is" in message and "step-000006" in message
+    with pytest.raises(PsycheError, match="step-000008 is damaged"):
+        plan.resolve_run_options(plan_specs(), {"resume": str(newest), "total_steps": 10}, None)
+    options = plan.resolve_run_options(
+        plan_specs(), {"resume": str(run), "total_steps": 10, "resume_latest_valid": True}, None
+    )
+    assert options.resume.endswith("step-000006") and options.start_step == 7
+
+
+def test_stale_staging_folders_go_at_the_next_save(tmp_path, plugins):
+    train(plugins, flags(tmp_path, total_steps=4, checkpoint_every=2))
+    stale = tmp_path / "run" / ".step-000006.tmp-abc123"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    train(plugins, {"resume": str(tmp_path / "run"), "total_steps": 6})
+    assert not stale.exists()
+
+
+def test_a_checkpoint_missing_its_manifest_is_incomplete(tmp_path, plugins):
+    train(plugins, flags(tmp_path, total_steps=4, checkpoint_every=2))
+    (tmp_path / "run" / "step-000004" / checkpoint.MANIFEST_FILE).unlink()
+    with pytest.raises(PsycheError, match="manifest.json is missing; it is incomplete"):
+        plan.resolve_run_options(plan_specs(), {"resume": str(tmp_path / "run")}, None)
+
+
+# -- numbers ------------------------------------------------------------------------------------
+
+
+def plan_specs():
+    from tests.core.test_lifecycle import SPECS
+
+    return SPECS
+
+
+def bad_values():
+    """Every numeric option of every installed spec, paired with values it must refuse."""
+    from psyche_core.options import all_option_specs
+
+    specs = all_option_specs(Plugins.load(entry_points=False, extra=[toy_plugin]))
+    cases = []
+    for spec in specs:
+        if spec.type not in (int, float) or not spec.cli:
+            continue
+        values = ["nan", "inf", "-inf"] if spec.type is float else [str(INT_LIMIT * 4)]
+        for low in (spec.min, spec.above):
+            if low is not None:
+                values.append(str(low - 1) if spec.type is int else str(low - 0.5))
+        if spec.above is not None:
+            values.append(str(int(spec.above)) if spec.type is int else str(float(spec.above)))
+        for high in (spec.max, spec.below):
+            if high is not None:
+                values.append(str(int(high) + 1) if spec.type is int else str(high + 0.5))
+        if spec.below is not None:
+            values.append(str(spec.below))
+        cases += [(spec.name, value) for value in values]
+    return cases
+
+
+@pytest.mark.parametrize("name, value", bad_values())
+def test_every_bad_number_is_one_line_before_step_1(plugins, capsys, name, value):
+    code, _, err = run_main(plugins, capsys, "train", *SHORT, f"--{name}", value)
+    assert code == 1, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"--{name}" in err and "step 1/" not in err, err
+
+
+def test_the_table_covers_every_numeric_core_option():
+    names = {name for name, _ in bad_values()}
+    assert {"learning-rate", "peer-timeout", "seed", "keep-last", "beta2"} <= names
+    assert all(math.isfinite(INT_LIMIT) for _ in names)
