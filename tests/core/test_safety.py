@@ -1,9 +1,16 @@
 """Nothing the user has is ever lost: save paths psyche owns, checked checkpoints, bounded
 numbers (issue 18)."""
 
+import contextlib
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +20,7 @@ from psyche_core.options import INT_LIMIT
 from psyche_core.plugins import Plugins
 from tests.core import toy_plugin
 from tests.core.test_cli import run_main
-from tests.core.test_lifecycle import flags, train
+from tests.core.test_lifecycle import ROOT, flags, train
 
 SHORT = ["--model", "toy", "--data-provider", "toy", "--total-steps", "2", "--warmup-steps", "1"]
 
@@ -170,3 +177,80 @@ def test_the_table_covers_every_numeric_core_option():
     names = {name for name, _ in bad_values()}
     assert {"learning-rate", "peer-timeout", "seed", "keep-last", "beta2"} <= names
     assert all(math.isfinite(INT_LIMIT) for _ in names)
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+def _descendants(pid):
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *_descendants(int(child))]
+    return found
+
+
+def _running(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_die_with_a_killed_launcher_and_write_nothing(tmp_path):
+    metrics, save = tmp_path / "m.jsonl", tmp_path / "run"
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "core" / "torchrun_entry.py"),
+            "train",
+            *SHORT[:4],
+            "--sequence-length",
+            "64",
+            "--total-batch",
+            "4",
+            "--total-steps",
+            "100000",
+            "--warmup-steps",
+            "1",
+            "--data-parallelism",
+            "2",
+            "--checkpoint-every",
+            "1",
+            "--metrics",
+            str(metrics),
+            "--save-path",
+            str(save),
+        ],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.1)
+        workers = [
+            p
+            for p in _descendants(launcher.pid)
+            if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
+        ]
+        assert len(workers) == 2
+        launcher.kill()
+        launcher.wait()
+        killed_at = time.monotonic()
+        while any(_running(p) for p in workers) and time.monotonic() - killed_at < 5:
+            time.sleep(0.05)
+        assert not any(_running(p) for p in workers), "workers outlived their launcher by 5 s"
+        written = snapshot(save)
+        time.sleep(1.0)
+        assert snapshot(save) == written and not (save / "config.json").exists()
+    finally:
+        for pid in [launcher.pid, *locals().get("workers", [])]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
