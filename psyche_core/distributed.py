@@ -314,13 +314,16 @@ def _unpack(outcomes: dict[int, tuple[str, Any]], world: int) -> list[Any]:
     hung = [r for r, (k, _) in sorted(outcomes.items()) if k == "hung"]
     psyche_errors = [(r, v) for r, (k, v) in sorted(outcomes.items()) if k == "psyche-error"]
     crashes = [(r, v) for r, (k, v) in sorted(outcomes.items()) if k == "error"]
+    # Lines after a survivor's error line say where its emergency checkpoint went.
+    notes = list(dict.fromkeys(line for _, text in psyche_errors for line in text.splitlines()[1:]))
+    tail = "".join(f"\n{note}" for note in notes)
     if crashes:
         rank, text = crashes[0]
-        raise RuntimeError(f"peer {rank} crashed:\n{text}")
+        raise RuntimeError(f"peer {rank} crashed:\n{text}{tail}")
     if died:
         rank, code = died[0]
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        raise PeerFailure(f"peer {rank} of {world} died ({how}); the run stopped")
+        raise PeerFailure(f"peer {rank} of {world} died ({how}); the run stopped{tail}")
     if hung and not psyche_errors:
         raise PeerFailure(f"peer {hung[0]} of {world} stopped answering; the run stopped")
     if psyche_errors:

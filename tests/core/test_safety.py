@@ -14,15 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from psyche_core import checkpoint, plan
+from psyche_core import checkpoint, plan, run
 from psyche_core.errors import PsycheError
-from psyche_core.options import INT_LIMIT
+from psyche_core.options import INT_LIMIT, all_option_specs
 from psyche_core.plugins import Plugins
 from tests.core import toy_plugin
 from tests.core.test_cli import run_main
-from tests.core.test_lifecycle import ROOT, flags, train
+from tests.core.test_lifecycle import ROOT, flags
 
 SHORT = ["--model", "toy", "--data-provider", "toy", "--total-steps", "2", "--warmup-steps", "1"]
+
+
+def train(plugins, command_line):
+    specs = all_option_specs(plugins)  # the toy plugin's options included
+    return run.train(plan.resolve_run_options(specs, command_line, None), plugins)
 
 
 def snapshot(folder):
@@ -143,8 +148,6 @@ def plan_specs():
 
 def bad_values():
     """Every numeric option of every installed spec, paired with values it must refuse."""
-    from psyche_core.options import all_option_specs
-
     specs = all_option_specs(Plugins.load(entry_points=False, extra=[toy_plugin]))
     cases = []
     for spec in specs:
@@ -254,3 +257,69 @@ def test_workers_die_with_a_killed_launcher_and_write_nothing(tmp_path):
         for pid in [launcher.pid, *locals().get("workers", [])]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+# -- fatal errors leave a checkpoint ------------------------------------------------------------
+
+
+def losses(metrics):
+    return [json.loads(line)["loss"] for line in Path(metrics).read_text().splitlines()]
+
+
+def test_a_dead_data_server_leaves_a_resumable_checkpoint(tmp_path, plugins):
+    full = tmp_path / "full"
+    train(plugins, flags(full, checkpoint_every=0))
+    broken = flags(tmp_path, data_provider="toy-failing", checkpoint_every=0, toy_fail_at=40)
+    with pytest.raises(PsycheError) as caught:
+        train(plugins, broken)  # samples 40.. belong to step 6
+    lines = str(caught.value).splitlines()
+    assert lines[0] == "data server http://127.0.0.1:9/ stopped answering"  # the error first
+    saved = tmp_path / "run" / "step-000005"
+    assert lines[1] == f"emergency checkpoint of step 5: {saved} (continue with --resume {saved})"
+    assert checkpoint.verify(saved) is None
+    # The server is back: the run continues from step 6 to the uninterrupted run's losses.
+    train(plugins, {"resume": str(tmp_path / "run"), "toy_fail_at": 10**6})
+    assert losses(tmp_path / "metrics.jsonl")[-3:] == losses(full / "metrics.jsonl")[-3:]
+
+
+def test_a_dead_peer_leaves_a_resumable_checkpoint(tmp_path, plugins):
+    options = flags(
+        tmp_path,
+        data_provider="toy-failing",
+        toy_fail_how="die",
+        toy_fail_at=44,  # peer 1's share of step 6, fetched ahead during step 5
+        data_parallelism=2,
+        dp_backend="gloo",
+        checkpoint_every=0,
+        peer_timeout=20.0,
+    )
+    with pytest.raises(PsycheError) as caught:
+        train(plugins, options)
+    lines = str(caught.value).splitlines()
+    assert lines[0].startswith("peer 1 of 2 died"), lines
+    assert lines[1].startswith("emergency checkpoint of step "), lines
+    found = checkpoint.list_checkpoints(tmp_path / "run")
+    assert found and checkpoint.verify(found[-1]) is None
+    resumed = plan.resolve_run_options(plan_specs(), {"resume": str(tmp_path / "run")}, None)
+    assert resumed.start_step == checkpoint.read(found[-1]).step + 1 >= 5
+    assert json.loads((found[-1] / "trainer.json").read_text())["world_size"] == 2
+    assert len(checkpoint.read_peer_state(found[-1], 1)["optimizer"]["state"]) > 0
+
+
+def test_a_non_finite_loss_saves_the_last_finite_step(tmp_path, plugins, monkeypatch):
+    real_forward = toy_plugin.ToyForCausalLM.forward
+    calls = {"n": 0}
+
+    def nan_at_step_3(self, *args, **kwargs):
+        out = real_forward(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] >= 5:  # 2 micro-batches a step: step 3's first
+            out = out._replace(loss=out.loss * float("nan"))
+        return out
+
+    monkeypatch.setattr(toy_plugin.ToyForCausalLM, "forward", nan_at_step_3)
+    with pytest.raises(PsycheError, match="loss is nan at step 3") as caught:
+        train(plugins, flags(tmp_path, checkpoint_every=0))
+    assert "emergency checkpoint of step 2" in str(caught.value)
+    model = toy_plugin.ToyForCausalLM.from_pretrained(tmp_path / "run" / "step-000002")
+    assert all(p.isfinite().all() for p in model.parameters())
