@@ -11,6 +11,7 @@ resumed does not.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -41,6 +42,12 @@ def check_save_path(path: str, overwrite: bool, resume: str | None) -> None:
                 f"--save-path {path} holds another psyche run; pass --overwrite to replace it, "
                 f"--resume {path} to continue it, or choose another folder"
             )
+        if not resuming_here:
+            # --overwrite: the old run's checkpoints go, so --resume can never pick one up as
+            # this run's; files psyche did not write there stay.
+            for old in checkpoint.list_checkpoints(folder):
+                shutil.rmtree(old, ignore_errors=True)
+            (folder / checkpoint.RUN_FILE).unlink(missing_ok=True)
     check_writable("save-path", folder)
 
 

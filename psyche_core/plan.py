@@ -237,7 +237,9 @@ def run_record(
     """What a checkpoint records about the run that wrote it."""
     from psyche_core import __version__
 
-    recorded = {k: v for k, v in options.items() if k not in ("resume", "start_step")}
+    # What a resumed run must not inherit: where it resumed from, and one-off permissions.
+    one_off = ("resume", "start_step", "overwrite", "resume_latest_valid")
+    recorded = {k: v for k, v in options.items() if k not in one_off}
     return {
         "psyche_version": __version__,
         "options": recorded,

@@ -70,8 +70,13 @@ def test_another_psyche_run_is_replaced_only_with_overwrite(tmp_path, plugins):
     with pytest.raises(PsycheError, match="holds another psyche run; pass --overwrite"):
         train(plugins, flags(tmp_path, **short))
     (tmp_path / "run" / "README.md").write_text("notes kept beside the run")
+    stale = tmp_path / "run" / "step-000009"
+    shutil.copytree(tmp_path / "run" / "step-000002", stale)  # the old run got further
     train(plugins, flags(tmp_path, overwrite=True, **short))
     assert (tmp_path / "run" / "README.md").read_text() == "notes kept beside the run"
+    assert not stale.exists()  # --resume cannot pick up the replaced run's checkpoints
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert "overwrite" not in record["options"]  # a resumed run does not inherit the permission
 
 
 def test_keep_last_needs_at_least_one_and_keeps_what_it_reports(tmp_path, plugins, capsys):
