@@ -15,11 +15,11 @@ Prints one JSON object. ``python benchmarks/data_local.py`` takes about a minute
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
+import _record
 import numpy as np
 
 from psyche_data.local import LocalDataProvider
@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--sequence-length", type=int, default=2048)
     parser.add_argument("--batches", type=int, default=40)
+    _record.add_save_flag(parser)
     args = parser.parse_args()
     length = args.sequence_length
     results = {}
@@ -92,18 +93,17 @@ def main() -> None:
                 )
             results["shuffled" if seed is not None else "file_order"] = entry
             provider.close()
-    print(
-        json.dumps(
-            {
-                "benchmark": "local provider vs numpy memmap",
-                "data_megabytes": args.megabytes,
-                "batch": args.batch,
-                "sequence_length": length,
-                "batches": args.batches,
-                **results,
-            },
-            indent=1,
-        )
+    _record.emit(
+        {
+            "benchmark": "local provider vs numpy memmap",
+            "data_megabytes": args.megabytes,
+            "batch": args.batch,
+            "sequence_length": length,
+            "batches": args.batches,
+            **results,
+        },
+        args.save,
+        "data_local",
     )
 
 

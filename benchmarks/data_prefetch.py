@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import _record
 import numpy as np
 from rich.console import Console
 
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--sequence-length", type=int, default=256)
+    _record.add_save_flag(parser)
     args = parser.parse_args()
     plugins = Plugins.load()
     shared = {
@@ -86,7 +88,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=10)
-    print(json.dumps({"config": vars(args), "results": results}, indent=2))
+    _record.emit({"config": vars(args), "results": results}, args.save, "data_prefetch")
 
 
 if __name__ == "__main__":

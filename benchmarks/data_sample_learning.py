@@ -11,10 +11,10 @@ so this runs with psyche-data alone:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 
+import _record
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--every", type=int, default=25)
+    _record.add_save_flag(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -129,22 +130,21 @@ def main() -> None:
                     "seconds": round(time.perf_counter() - started, 1),
                 }
             )
-    print(
-        json.dumps(
-            {
-                "benchmark": "sample data learning curve",
-                "parameters": params,
-                "threads": args.threads,
-                "sequence_length": args.sequence_length,
-                "batch": args.batch,
-                "generate_seconds": round(generate_s, 2),
-                "ln_vocab": round(math.log(VOCAB_SIZE), 3),
-                "entropy_floor": round(data.entropy_floor, 3),
-                **{k: round(v, 3) for k, v in count_model_losses(data.data.tokens).items()},
-                "curve": curve,
-            },
-            indent=1,
-        )
+    _record.emit(
+        {
+            "benchmark": "sample data learning curve",
+            "parameters": params,
+            "threads": args.threads,
+            "sequence_length": args.sequence_length,
+            "batch": args.batch,
+            "generate_seconds": round(generate_s, 2),
+            "ln_vocab": round(math.log(VOCAB_SIZE), 3),
+            "entropy_floor": round(data.entropy_floor, 3),
+            **{k: round(v, 3) for k, v in count_model_losses(data.data.tokens).items()},
+            "curve": curve,
+        },
+        args.save,
+        "data_sample_learning",
     )
 
 

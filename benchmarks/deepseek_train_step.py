@@ -7,9 +7,10 @@ memory can be measured alone: peak RSS (``VmHWM``, reset after setup through
 ``/proc/self/clear_refs`` where allowed) above the RSS after setup (model, optimizer and data
 built; optimizer state and gradients are allocated inside the timed region, as in training).
 Sides alternate over ``--rounds`` rounds to even out drifting machine load; step times are
-medians over all timed steps. Prints one JSON object (and writes it to ``--out``)::
+medians over all timed steps. Prints one JSON object (``--save`` also writes it to
+results/deepseek_train_step.json)::
 
-    python benchmarks/deepseek_train_step.py --steps 5 --rounds 4 --out deepseek_bench.json
+    python benchmarks/deepseek_train_step.py --steps 5 --rounds 4 --save
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import _record
 
 CONFIG: dict[str, Any] = {
     "vocab_size": 4096,
@@ -187,9 +190,9 @@ def main() -> None:
         help="torch.optim.AdamW implementation, the same for both sides (default: torch's "
         "choice, a per-tensor loop on CPU; psyche's trainer uses foreach)",
     )
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--child", choices=["psyche", "transformers"], help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
+    _record.add_save_flag(parser)
     args = parser.parse_args()
     if args.child:
         args.side = args.child
@@ -227,8 +230,6 @@ def main() -> None:
         "warmup_steps": args.warmup,
         "timed_steps_per_round": args.steps,
         "rounds": args.rounds,
-        "torch": torch.__version__,
-        "load_average_at_end": os.getloadavg(),
         "psyche": ours,
         "transformers": theirs,
         "speedup": ours["tokens_per_s"] / theirs["tokens_per_s"],
@@ -239,10 +240,7 @@ def main() -> None:
         "target_speedup": 1.2,
     }
     result["target_met"] = result["speedup"] >= result["target_speedup"]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    _record.emit(result, args.save, "deepseek_train_step")
 
 
 if __name__ == "__main__":

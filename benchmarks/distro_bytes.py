@@ -12,9 +12,9 @@ formula (distro.md 3.2) computed independently here, and prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
+import _record
 import torch
 from distro_step_time import llama_20m  # same directory: the shared preset builder
 
@@ -73,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunk", type=int, default=64)
     parser.add_argument("--topk", type=int, default=4)
+    _record.add_save_flag(parser)
     args = parser.parse_args()
     torch.manual_seed(0)
     schemes = [
@@ -81,22 +82,21 @@ def main() -> None:
         measure(torch.bfloat16, True, args.chunk, args.topk),
     ]
     ratios = {s["values"]: s["ratio_vs_dense_fp32"] for s in schemes}
-    print(
-        json.dumps(
-            {
-                "benchmark": "distro_bytes",
-                "chunk": args.chunk,
-                "topk": args.topk,
-                "schemes": schemes,
-                "targets_vs_dense_fp32": {"bf16 values": 1000, "1-bit values": 1900},
-                "targets_met": {
-                    "bf16": ratios["bfloat16"] >= TARGETS["bf16"],
-                    "1-bit": ratios["1-bit"] >= TARGETS["1-bit"],
-                },
-                "all_match_formula": all(s["matches_formula"] for s in schemes),
+    _record.emit(
+        {
+            "benchmark": "distro_bytes",
+            "chunk": args.chunk,
+            "topk": args.topk,
+            "schemes": schemes,
+            "targets_vs_dense_fp32": {"bf16 values": 1000, "1-bit values": 1900},
+            "targets_met": {
+                "bf16": ratios["bfloat16"] >= TARGETS["bf16"],
+                "1-bit": ratios["1-bit"] >= TARGETS["1-bit"],
             },
-            indent=2,
-        )
+            "all_match_formula": all(s["matches_formula"] for s in schemes),
+        },
+        args.save,
+        "distro_bytes",
     )
 
 

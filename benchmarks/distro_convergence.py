@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import _record
 from rich.console import Console
 
 from psyche_core import run
@@ -97,6 +98,7 @@ def main() -> None:
         help="DisTrO's peak learning rate (default: --learning-rate)",
     )
     parser.add_argument("--plot", type=Path, default=None, help="also draw the curves to a PNG")
+    _record.add_save_flag(parser)
     args = parser.parse_args()
 
     shared = {
@@ -131,7 +133,11 @@ def main() -> None:
 
             labels = [f"{n.split('@')[0]} (lr {results[n]['learning_rate']:g})" for n in args.runs]
             plot_runs([Path(tmp) / n / "metrics.jsonl" for n in args.runs], args.plot, labels)
-    print(json.dumps({"benchmark": "distro_convergence", **shared, "runs": results}, indent=2))
+    _record.emit(
+        {"benchmark": "distro_convergence", **shared, "runs": results},
+        args.save,
+        "distro_convergence",
+    )
 
 
 if __name__ == "__main__":

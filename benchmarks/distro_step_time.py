@@ -8,24 +8,23 @@ gradients; one peer (the in-process communicator with one rank). The DisTrO time
 
 Every configuration (model, threads, mode, 1-bit, top-k, bf16 selection) alternates AdamW
 and DisTrO steps round by round, so both see the same load on a shared machine; the ratio is
-the median over rounds of (DisTrO / AdamW). Prints one JSON object and writes it to
-``--output``. ``--profile`` adds a torch.profiler breakdown of one configuration's steps.
+the median over rounds of (DisTrO / AdamW). Prints one JSON object; ``--save`` also writes it
+to ``benchmarks/results/<--name>.json``. ``--profile`` adds a torch.profiler breakdown of one
+configuration's steps.
 
-    python benchmarks/distro_step_time.py --threads 1 2 [--output benchmarks/results/...]
+    python benchmarks/distro_step_time.py --threads 1 --profile --save
+    python benchmarks/distro_step_time.py --threads 2 --save --name distro_step_time_2threads
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
+import _record
 import torch
 from torch import nn
 
@@ -150,8 +149,9 @@ def time_configuration(
     }
 
 
-def profile_table(model: nn.Module, threads: int, rows: int = 18) -> str:
-    """torch.profiler's self-time table for three psyche-mode steps (20m, top-k 4)."""
+def profile_table(model: nn.Module, threads: int, rows: int = 18) -> tuple[str, dict[str, float]]:
+    """torch.profiler's self-time table for three psyche-mode steps (20m, top-k 4), and each
+    listed op's share of the self time in percent (numbers the docs can quote and check)."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.set_num_threads(threads)
@@ -168,7 +168,11 @@ def profile_table(model: nn.Module, threads: int, rows: int = 18) -> str:
             ctx = StepContext(step=i + 3, lr=4e-4, prev_lr=4e-4, communicator=comm)
             distro.prepare_step(ctx)
             distro.step(ctx)
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]
+    shares = {e.key: round(100 * e.self_cpu_time_total / total, 2) for e in top}
+    return events.table(sort_by="self_cpu_time_total", row_limit=rows), shares
 
 
 def main() -> None:
@@ -178,11 +182,13 @@ def main() -> None:
     parser.add_argument("--topk", type=int, nargs="+", default=list(TOPK_SWEEP))
     parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table")
+    parser.add_argument(
+        "--name", default="distro_step_time", help="results file name for --save (no .json)"
+    )
+    _record.add_save_flag(parser)
     args = parser.parse_args()
 
-    load_before = os.getloadavg()
     models = {name: llama_preset(name, torch.float32) for name in args.models}
     results = []
     for threads in args.threads:
@@ -226,15 +232,6 @@ def main() -> None:
             )
     report = {
         "benchmark": "distro_step_time",
-        "command": "python " + " ".join(sys.argv),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-        },
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "sources": {name: source for name, (_, source) in models.items()},
         "target": "DisTrO step incl. prepare_step <= 2x fused AdamW (20m, top-k 4); "
         "full-chunk step <= 3x the top-k 4 step",
@@ -242,11 +239,10 @@ def main() -> None:
         "results": results,
     }
     if args.profile:
-        report["profile"] = profile_table(models[args.models[0]][0], args.threads[0])
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n")
+        report["profile"], report["profile_self_cpu_percent"] = profile_table(
+            models[args.models[0]][0], args.threads[0]
+        )
+    _record.emit(report, args.save, args.name)
 
 
 if __name__ == "__main__":

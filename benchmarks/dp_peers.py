@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import _record
 from rich.console import Console
 
 from psyche_core import run
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--sequence-length", type=int, default=256)
+    _record.add_save_flag(parser)
     args = parser.parse_args()
     plugins = Plugins.load()
     shared = {
@@ -81,11 +83,10 @@ def main() -> None:
         results[f"{name}/speedup_2_gloo_peers"] = round(
             one["median_step_time_s"] / two["median_step_time_s"], 3
         )
-    print(
-        json.dumps(
-            {"model": args.model, "parameters": n_params, "config": vars(args), "results": results},
-            indent=2,
-        )
+    _record.emit(
+        {"model": args.model, "parameters": n_params, "config": vars(args), "results": results},
+        args.save,
+        "dp_peers",
     )
 
 

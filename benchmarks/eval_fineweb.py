@@ -4,19 +4,18 @@ fixture, with lm-eval's own ``hf`` backend on the same checkpoint as the referen
 The data is tiny (the fineweb fixture is 6,144 tokens; the dolma fixture, never trained on,
 is the held-out text), so the numbers show the machinery working, not a useful model:
 
-    python benchmarks/eval_fineweb.py --steps 60 --rounds 2
+    python benchmarks/eval_fineweb.py --steps 60 --rounds 2 --save
 
 Runs in one process: ``psyche train`` (the CLI), then per round psyche's adapter
 (``psyche_eval.harness.evaluate``) and ``lm_eval.simple_evaluate(model="hf")`` alternately on the
 trained checkpoint (medians of the rounds), then ``psyche eval`` (the CLI) on the trained
-checkpoint and on the untrained preset. Prints one JSON object and writes
+checkpoint and on the untrained preset. Prints one JSON object; with ``--save``, also writes
 ``benchmarks/results/eval_fineweb.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -25,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+import _record
 
 FIXTURES = Path(
     os.environ.get("PSYCHE_FIXTURES", Path(__file__).parents[2] / "shared/fixtures/psyche")
@@ -101,9 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument(
-        "--output", default=str(Path(__file__).parent / "results/eval_fineweb.json")
-    )
+    _record.add_save_flag(parser)
     args = parser.parse_args()
     tokenizer_json = FIXTURES / "llama2_tokenizer.json"
     if not tokenizer_json.is_file():
@@ -216,19 +213,10 @@ def main() -> None:
     ]:
         rows.append({"model": label, **{t: metrics(results, t) for t in sources}})
     report = {
-        "command": " ".join(["python", *sys.argv]),
         "train_command": "psyche " + " ".join(train),
         "eval_command": f"psyche eval --model RUN --tasks {tasks} --include-path TASKS "
         f"--tokenizer TOKENIZER --batch-size 8 --output results.json",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "transformers": transformers.__version__,
-            "lm_eval": lm_eval.__version__,
-            "loadavg": os.getloadavg(),
-        },
+        "versions": {"transformers": transformers.__version__, "lm_eval": lm_eval.__version__},
         "note": "tiny: 6,144 training tokens (fineweb fixture), documents are the decoded "
         "fixture lines; dolma_unseen is text the model never trained on",
         "documents": {t: trained["n-samples"][t]["effective"] for t in sources},
@@ -238,14 +226,12 @@ def main() -> None:
             "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
         },
         "rows": rows,
-        "per_document_loglikelihood_max_abs_diff_vs_hf": max_diff,
+        "per_document_loglikelihood_max_abs_diff_vs_hf": float(max_diff),
         "cli_matches_library": cli_matches_library,
         "eval_seconds_median": {k: round(statistics.median(v), 2) for k, v in timings.items()},
         "eval_seconds_rounds": timings,
     }
-    text = json.dumps(report, indent=2, default=float)
-    print(text)
-    Path(args.output).write_text(text + "\n")
+    _record.emit(report, args.save, "eval_fineweb")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _record
+
 PRESET = "20m"
 SIDES = ("psyche", "transformers")
 
@@ -163,6 +165,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
+    _record.add_save_flag(parser)
     args = parser.parse_args()
     if args.side == "both":
         print(json.dumps(time_both(args)))
@@ -171,7 +174,6 @@ def main() -> None:
         print(json.dumps(measure_memory(args)))
         return
 
-    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = os.path.join(tmp, "llama-20m")
         params = make_checkpoint(checkpoint)
@@ -204,8 +206,7 @@ def main() -> None:
     summary["memory_ratio"] = round(
         summary["psyche"]["peak_mib"] / summary["transformers"]["peak_mib"], 3
     )
-    summary["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-    print(json.dumps(summary, indent=2))
+    _record.emit(summary, args.save, "llama_train_step")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 :func:`check_inputs` turns bad input into one clear :class:`InvalidInputError` instead of an
 index error deep inside torch (it costs a few host syncs). :func:`document_layout` turns packed
-``sequence_lengths`` into positions that restart per document and a block-diagonal causal mask.
+``sequence_lengths`` into positions that restart per document and a block-diagonal causal mask;
+:func:`positions_and_mask` picks a model's rotary positions and mask from ``forward``'s arguments.
 """
 
 from __future__ import annotations
@@ -96,3 +97,24 @@ def document_layout(
     causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
     mask = (doc[:, :, None] == doc[:, None, :]) & causal  # (B, T, T)
     return positions, mask[:, None]
+
+
+def positions_and_mask(
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    sequence_lengths: Sequence[Sequence[int]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rotary positions ``(B|1, T)`` and the attention mask for ``CausalLM.forward``'s
+    arguments: explicit ``position_ids`` win, else positions restart per packed document, else
+    ``0..T-1``. The mask is ``None`` for plain causal attention, else a boolean ``(B, 1, T, T)``
+    block-diagonal causal mask (True = may attend)."""
+    B, T = input_ids.shape
+    device = input_ids.device
+    mask = None
+    if sequence_lengths is not None:
+        positions, mask = document_layout(sequence_lengths, B, T, device)
+    if position_ids is not None:
+        positions = position_ids.to(device).reshape(-1, T)
+    elif sequence_lengths is None:
+        positions = torch.arange(T, device=device)[None]
+    return positions, mask

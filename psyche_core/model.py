@@ -13,7 +13,7 @@ import dataclasses
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import torch
@@ -134,6 +134,11 @@ class CausalLM(nn.Module, ABC):
     config_class: ClassVar[type[ModelConfig]]
     #: attention kernels the model implements; the first is the default.
     attn_implementations: ClassVar[tuple[str, ...]] = ("sdpa", "eager")
+    #: name suffixes of parameters and buffers that stay float32 whatever dtype the model is cast
+    #: to (``.to(torch.bfloat16)``) or loaded from, as transformers' ``_keep_in_fp32_modules``:
+    #: rotary frequencies, router weights. ``"rotary_emb.inv_freq"`` matches
+    #: ``model.rotary_emb.inv_freq``, not ``model.my_rotary_emb.inv_freq``.
+    keep_in_fp32: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ModelConfig, options: Options | None = None) -> None:
         """``options``: the run's resolved options, for a model that declares its own
@@ -150,6 +155,32 @@ class CausalLM(nn.Module, ABC):
                 f"choose from {', '.join(self.attn_implementations)}"
             )
         self.attn_implementation = name
+
+    def keeps_in_fp32(self, name: str) -> bool:
+        """Whether the parameter or buffer ``name`` is one of :attr:`keep_in_fp32`."""
+        return any(name == s or name.endswith("." + s) for s in self.keep_in_fp32)
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Any:
+        # Every dtype / device conversion (.to, .half, .cuda ...) goes through here. Tensors of
+        # ``keep_in_fp32`` (and their gradients) are moved, never cast: a cast to bfloat16 and
+        # back would lose the bits of a learned router weight.
+        kept = {
+            id(t)
+            for name, p in [*self.named_parameters(), *self.named_buffers()]
+            if self.keeps_in_fp32(name)
+            for t in (p, getattr(p, "grad", None))
+            if t is not None and t.dtype == torch.float32
+        }
+        if not kept:
+            return super()._apply(fn, recurse)
+
+        def convert(t: torch.Tensor) -> torch.Tensor:
+            out = fn(t)
+            if id(t) in kept and out.is_floating_point() and out.dtype != torch.float32:
+                return t.to(device=out.device)
+            return out
+
+        return super()._apply(convert, recurse)
 
     # -- the training contract -----------------------------------------------------------------
 
@@ -328,7 +359,12 @@ class CausalLM(nn.Module, ABC):
         """Load an on-disk state dict, checking keys and shapes first (one clear error)."""
         expected = self.hf_state_dict_shapes()
         hf.check_state_dict(expected, state, source)
-        self.load_state_dict(dict(state), strict=False, assign=True)
+        # assign=True takes the checkpoint's dtype; keep_in_fp32 tensors are float32 regardless.
+        state = {
+            key: tensor.float() if self.keeps_in_fp32(key) else tensor
+            for key, tensor in state.items()
+        }
+        self.load_state_dict(state, strict=False, assign=True)
         self.tie_weights()
         # Models built on the meta device still hold meta buffers (rotary tables); every module
         # that owns such buffers recomputes them in ``reset_buffers``.
@@ -344,7 +380,11 @@ class CausalLM(nn.Module, ABC):
         return self.hf_state_dict()
 
     def tie_weights(self) -> None:
-        """Re-tie shared parameters after loading (models with tied embeddings override)."""
+        """With ``config.tie_word_embeddings``, share the input embedding's weight with the LM
+        head, in transformers' layout (``model.embed_tokens``, ``lm_head``); called after loading.
+        A model laid out otherwise overrides this."""
+        if getattr(self.config, "tie_word_embeddings", False):
+            self.lm_head.weight = self.get_submodule("model.embed_tokens").weight
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

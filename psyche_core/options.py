@@ -186,6 +186,42 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
         "from the newest intact one (without it psyche stops and names both).",
     ),
     OptionSpec(
+        "eval-every",
+        int,
+        0,
+        "Every this many steps (and at the last), report the held-out loss val_loss and "
+        "val_ppl; needs --eval-holdout or --eval-data-path/--eval-data-url. 0: never.",
+        min=0,
+    ),
+    OptionSpec(
+        "eval-holdout",
+        int,
+        0,
+        "Hold out the last this many sequences of the training data (never trained on) "
+        "for --eval-every.",
+        min=0,
+    ),
+    OptionSpec(
+        "eval-data-path",
+        str,
+        None,
+        "Held-out data for --eval-every: a folder of token files, read like --data-path.",
+    ),
+    OptionSpec(
+        "eval-data-url",
+        str,
+        None,
+        "Held-out data for --eval-every over HTTP, read like --data-url.",
+    ),
+    OptionSpec(
+        "eval-batches",
+        int,
+        None,
+        "Score this many total batches of --eval-data-path/--eval-data-url (default: all "
+        "of it); a holdout is always scored whole.",
+        min=1,
+    ),
+    OptionSpec(
         "optim-stats",
         bool,
         False,

@@ -13,7 +13,8 @@ from rich.console import Console
 from psyche_core import checkpoint
 from psyche_core.comm import Communicator
 from psyche_core.errors import PsycheError
-from psyche_core.plan import RunPlan
+from psyche_core.evaluation import HeldOut
+from psyche_core.plan import RunPlan, eval_data_options
 from psyche_core.plugins import Plugins
 from psyche_core.reporting import RunInfo, print_header
 from psyche_core.trainer import CheckpointPolicy, Reporter, Trainer
@@ -40,7 +41,25 @@ def run_peer(
             options.save_path, options.checkpoint_every, options.keep_last, plan.record
         )
     data = plan.data.load()(options, plugins.data_providers)
+    eval_data = None
     try:
+        held_out = None
+        if plan.eval_data is not None:
+            eval_data = plan.eval_data.load()(eval_data_options(options), plugins.data_providers)
+            held_out = HeldOut.separate(
+                eval_data,
+                options.eval_batches,
+                options.total_batch,
+                options.eval_every,
+                plan.trainer.micro_batch or options.total_batch // plan.world_size,
+            )
+        elif options.eval_holdout:
+            held_out = HeldOut.holdout(
+                data,
+                options.eval_holdout,
+                options.eval_every,
+                plan.trainer.micro_batch or options.total_batch // plan.world_size,
+            )
         optimizer = plan.optimizer.load()(model, options)
         reporters: list[Reporter] = []
         if comm.rank == 0:
@@ -51,14 +70,26 @@ def run_peer(
                 if reporter is not None:
                     reporters.append(reporter)
         trainer = Trainer(
-            model, data, optimizer, plan.schedule, plan.trainer, comm, reporters, device, policy
+            model,
+            data,
+            optimizer,
+            plan.schedule,
+            plan.trainer,
+            comm,
+            reporters,
+            device,
+            policy,
+            held_out,
         )
         if plan.resume is not None:
             state = checkpoint.read_peer_state(plan.resume.path, comm.rank)
             trainer.load_peer_state(state, plan.resume.step, plan.resume.tokens)
         summary = trainer.train(stop)
+        summary["parameters"] = model.num_parameters()
     finally:
         data.close()
+        if eval_data is not None:
+            eval_data.close()
     if comm.rank == 0 and options.save_path and not summary.get("stopped"):
         # The run record at the top marks the folder as a psyche run (see psyche_core.paths).
         record = json.dumps(plan.record, indent=2, sort_keys=True)

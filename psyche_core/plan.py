@@ -70,6 +70,7 @@ class RunPlan:
     data: DataProviderSpec
     optimizer: OptimizerSpec
     reporters: tuple[ReporterSpec, ...]
+    eval_data: DataProviderSpec | None  # a separate held-out set (--eval-data-path/-url)
     device: torch.device
     dtype: torch.dtype
     world_size: int
@@ -164,6 +165,7 @@ def make_plan(options: Options, plugins: Plugins, world_size: int) -> RunPlan:
         model = resolve_model(plugins, options.model, options)
     data = choose(plugins.data_providers, options.data_provider, options, "data-provider")
     optimizer = choose(plugins.optimizers, options.optimizer, options, "optimizer")
+    eval_data = _eval_data(plugins, options)
     if resume is not None:
         _check_same_choices(found, data.name, optimizer.name)
     options = options.replace(model=options.model or model.label)
@@ -191,6 +193,7 @@ def make_plan(options: Options, plugins: Plugins, world_size: int) -> RunPlan:
         data=data,
         optimizer=optimizer,
         reporters=reporters,
+        eval_data=eval_data,
         device=device,
         dtype=resolve_dtype(options.dtype, device),
         world_size=world_size,
@@ -202,6 +205,34 @@ def make_plan(options: Options, plugins: Plugins, world_size: int) -> RunPlan:
         resume=resume,
         plugin_load_args=plugins.load_args,
     )
+
+
+def eval_data_options(options: Options) -> Options:
+    """The options a held-out data provider is built with: the run's, reading the eval data."""
+    return options.replace(
+        data_provider=None, data_path=options.eval_data_path, data_url=options.eval_data_url
+    )
+
+
+def _eval_data(plugins: Plugins, options: Options) -> DataProviderSpec | None:
+    """Checks the held-out loss options; the provider of a separate held-out set, if any."""
+    separate = bool(options.eval_data_path or options.eval_data_url)
+    if options.eval_holdout and separate:
+        raise PsycheError("give --eval-holdout or --eval-data-path/--eval-data-url, not both")
+    if options.eval_every and not (options.eval_holdout or separate):
+        raise PsycheError(
+            f"--eval-every {options.eval_every} needs held-out data: --eval-holdout K (the "
+            "last K training sequences) or --eval-data-path / --eval-data-url"
+        )
+    if (options.eval_holdout or separate) and not options.eval_every:
+        raise PsycheError("held-out data is scored every --eval-every N steps; give N")
+    if options.eval_batches is not None and (options.eval_batches < 1 or not separate):
+        raise PsycheError(
+            "--eval-batches must be at least 1 and goes with --eval-data-path/--eval-data-url"
+        )
+    if not separate:
+        return None
+    return choose(plugins.data_providers, None, eval_data_options(options), "data-provider")
 
 
 def _resumed_model(plugins: Plugins, options: Options, run: Mapping[str, Any]) -> ModelChoice:

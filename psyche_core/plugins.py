@@ -37,7 +37,7 @@ BUILTIN_PLUGINS = (
 )
 #: what to install when a kind of plugin is missing (the umbrella distribution of first-party
 #: plugins; core names no single plugin)
-INSTALL_HINT = "pip install psyche installs every first-party plugin"
+INSTALL_HINT = "pip install psyche-all installs every first-party plugin"
 LOAD_PLUGINS_ENV = "PSYCHE_LOAD_PLUGINS"
 
 

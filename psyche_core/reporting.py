@@ -144,6 +144,8 @@ class ConsoleProgress:
             f"loss {m['loss']:.4f}  lr {m['lr']:.2e}  {m['tokens_per_s']:,.0f} tok/s  "
             f"|g| {m['grad_norm']:.3f}"
         )
+        if "val_loss" in m:
+            stats += f"  val {m['val_loss']:.4f}"
         if self._progress is not None:
             self._progress.update(self._task, completed=m["step"], stats=stats)
             return
@@ -249,6 +251,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         f"done: steps {summary['first_step']}..{summary['last_step']}, final loss "
         f"{summary['loss']:.4f}, {summary['elapsed_s']:.1f}s, {rate:,.0f} tokens/s"
     )
+    if "val_loss" in summary:
+        line += f", held-out loss {summary['val_loss']:.4f}"
     if summary.get("stopped"):
         line = f"stopped after step {summary['last_step']}; " + line
     console.print(line, highlight=False)

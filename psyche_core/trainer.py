@@ -26,6 +26,7 @@ import torch
 from psyche_core.comm import Communicator, LocalGroup
 from psyche_core.data import DataProvider, TokenizedData, collate
 from psyche_core.errors import PsycheError
+from psyche_core.evaluation import HeldOut, evaluate
 from psyche_core.model import CausalLM
 from psyche_core.optim import Optimizer, StepContext, clip_grad_norm_
 from psyche_core.schedule import LRSchedule
@@ -99,6 +100,7 @@ class Trainer:
         reporters: Sequence[Reporter] = (),
         device: torch.device | str = "cpu",
         checkpoints: CheckpointPolicy | None = None,
+        held_out: HeldOut | None = None,
     ) -> None:
         self.model = model
         self.data = data
@@ -114,7 +116,12 @@ class Trainer:
         )
         if config.start_step < 1:
             raise PsycheError(f"--start-step must be at least 1, got {config.start_step}")
-        if data.num_sequences < 1:
+        self.held_out = held_out
+        # a holdout is the data's tail: training wraps around before it
+        self.train_sequences = data.num_sequences
+        if held_out is not None and held_out.from_training_data:
+            self.train_sequences -= len(held_out.ids)
+        if self.train_sequences < 1:
             raise PsycheError(f"the data provider has no sequences ({data.describe()})")
         self.next_step = config.start_step
         # The step the weights and optimizer state reflect; None while they are changing.
@@ -128,7 +135,7 @@ class Trainer:
     def sample_ids(self, step: int) -> Sequence[int]:
         """This peer's sample indices for global ``step`` (wrapping past the end)."""
         first = (step - 1) * self.config.total_batch + self.comm.rank * self.per_peer
-        n = self.data.num_sequences
+        n = self.train_sequences
         start = first % n
         if start + self.per_peer <= n:
             return range(start, start + self.per_peer)
@@ -150,7 +157,9 @@ class Trainer:
         )
         bytes_before = self.comm.bytes_sent
         self.model.train()
+        optimizer_started = time.perf_counter()
         self.optimizer.prepare_step(ctx)
+        optimizer_s = time.perf_counter() - optimizer_started
         try:
             local_loss, tokens = self._forward_backward(samples)
             # One small all-reduce carries what peers must agree on before anything changes:
@@ -163,6 +172,8 @@ class Trainer:
                 raise PsycheError(
                     f"loss is {loss} at step {step}; lower --learning-rate or check the data"
                 )
+            # the optimizer's share of the step: its lookahead, exchange, clipping and update
+            optimizer_started = time.perf_counter()
             params = self.optimizer.params
             if self.optimizer.averages_gradients:
                 grads = [p.grad for p in params if p.grad is not None]
@@ -175,6 +186,7 @@ class Trainer:
         self.state_step = None  # weights and optimizer state are changing
         stats = self.optimizer.step(ctx)
         self.optimizer.zero_grad()
+        optimizer_s += time.perf_counter() - optimizer_started
         model_metrics = self.model.step_end(self.comm)
         self.state_step = step
         self.tokens_seen += tokens * self.comm.world_size
@@ -197,6 +209,7 @@ class Trainer:
             "tokens_per_s": global_tokens / elapsed if elapsed > 0 else 0.0,
             "tokens": self.tokens_seen,
             "step_time_s": elapsed,
+            "optimizer_s": optimizer_s,
             "data_wait_s": data_wait,
             "bytes_sent": bytes_sent,
             **stats,
@@ -264,6 +277,9 @@ class Trainer:
             for step in range(first, self.config.total_steps + 1):
                 metrics = self.train_step(step, stop_requested=bool(stop and stop.is_set()))
                 summary.update(last_step=step, loss=metrics["loss"])
+                if self.held_out is not None and self.held_out.due(step, self.config.total_steps):
+                    metrics.update(evaluate(self.model, self.held_out, self.comm, self.device))
+                    summary["val_loss"] = metrics["val_loss"]
                 for reporter in self.reporters:
                     reporter.on_step(metrics)
                 if self._checkpoint_due(step):

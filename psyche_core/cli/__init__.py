@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import click
 
 from psyche_core import __version__
+from psyche_core.cli.compare import make_compare_command
 from psyche_core.cli.generate import make_generate_command
 from psyche_core.cli.list_plugins import make_list_plugins_command
 from psyche_core.cli.plot import plot_command
@@ -42,6 +43,7 @@ def make_cli(plugins: Plugins) -> click.Group:
     cli.add_command(make_train_command(plugins))
     cli.add_command(make_list_plugins_command(plugins))
     cli.add_command(make_generate_command(plugins))
+    cli.add_command(make_compare_command(plugins))
     cli.add_command(plot_command)
     plugins.add_commands(cli)
     return cli

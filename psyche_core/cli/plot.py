@@ -49,9 +49,21 @@ def plot_runs(paths: list[Path], output: Path, labels: list[str] | None = None) 
         rows = read_run(path)
         steps = [r["step"] for r in rows]
         losses = [r["loss"] for r in rows]
-        by_step.plot(steps, losses, label=label)
+        line = by_step.plot(steps, losses, label=label)[0]
+        held_out = [r for r in rows if r.get("val_loss") is not None]
+        axes = [(by_step, "step")]
         if "tokens" in rows[0]:
             by_tokens.plot([r["tokens"] for r in rows], losses, label=label)
+            axes.append((by_tokens, "tokens"))
+        for axis, x in axes if held_out else ():  # held-out loss: dashed, in the run's colour
+            axis.plot(
+                [r[x] for r in held_out],
+                [r["val_loss"] for r in held_out],
+                "--o",
+                color=line.get_color(),
+                markersize=3,
+                label=f"{label} (held-out)",
+            )
         if "tokens_per_s" in rows[0]:
             speed.plot(steps, [r["tokens_per_s"] for r in rows], label=label)
     for axis, x, y in (

@@ -1,19 +1,23 @@
-"""DeepSeek-V2 and DeepSeek-V3 causal LMs: multi-head latent attention + mixture of experts.
+"""DeepSeek-V3 and DeepSeek-V2 causal LMs: multi-head latent attention + mixture of experts.
 
 References:
 - DeepSeek-V2 (MLA, DeepSeekMoE, YaRN): https://arxiv.org/abs/2405.04434
 - DeepSeek-V3 (sigmoid routing, auxiliary-loss-free balancing): https://arxiv.org/abs/2412.19437
-- transformers 5 ``modeling_deepseek_v2.py`` / ``modeling_deepseek_v3.py``: the attribute names
-  (hence the state-dict keys) and the numerics reproduced here.
+- transformers 5 ``modeling_deepseek_v3.py`` / ``modeling_deepseek_v2.py``: the class and
+  attribute names (hence the state-dict keys) and the numerics reproduced here.
 
 Multi-head latent attention compresses keys and values into one ``kv_lora_rank`` latent per
 token (normalised by ``kv_a_layernorm``) plus one rotary key ``k_rot`` shared by all heads;
 ``kv_b_proj`` expands the latent into per-head ``k_nope`` and values. Queries go through their
 own low-rank bottleneck (``q_a_proj`` -> ``q_a_layernorm`` -> ``q_b_proj``) unless
 ``q_lora_rank`` is null (V2-Lite: one ``q_proj``). Only the last ``qk_rope_head_dim`` dims of
-each query / key head are rotated; DeepSeek rotates adjacent pairs (x0, x1), (x2, x3) ...
-Unlike Llama, ``head_dim`` in these configs is that rotary size, not the attention head size.
-The MoE layers are in :mod:`psyche_deepseek.moe`.
+each query / key head are rotated. Unlike Llama, ``head_dim`` in these configs is that rotary
+size, not the attention head size.
+
+The file reads as DeepSeek-V3 (cos / sin rotary tables, adjacent or rotate-half pairs per
+``rope_interleave``); V2 is the same model but for its rotary embedding (one complex table,
+adjacent pairs), in the last section. The MoE layers, shared by both, are in
+:mod:`psyche_deepseek.moe`.
 """
 
 from __future__ import annotations
@@ -22,25 +26,37 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from psyche_core.comm import Communicator
 from psyche_core.errors import PsycheError
-from psyche_core.inputs import check_inputs, document_layout
+from psyche_core.inputs import check_inputs, positions_and_mask
 from psyche_core.losses import causal_lm_output
 from psyche_core.model import CausalLM, CausalLMOutput
 from psyche_core.options import Options
 from psyche_deepseek.config import DeepseekV2Config, DeepseekV3Config
 from psyche_deepseek.functional import rms_norm
-from psyche_deepseek.moe import MLP, Experts, MoE, TopkRouter, balance_step
+from psyche_deepseek.moe import (
+    DeepseekV3Experts,
+    DeepseekV3MLP,
+    DeepseekV3MoE,
+    DeepseekV3TopkRouter,
+    balance_step,
+)
 
 logger = logging.getLogger(__name__)
 
+# Rotary tables: (cos, sin) for V3, one complex tensor for V2.
+PositionEmbeddings = tuple[torch.Tensor, torch.Tensor] | torch.Tensor
 
-class RMSNorm(nn.Module):
+
+class DeepseekV3RMSNorm(nn.Module):
+    """RMSNorm in float32, cast back before the weight (both versions use this one)."""
+
     def __init__(self, size: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
@@ -108,11 +124,13 @@ def softmax_scale(config: DeepseekV2Config) -> float:
     return scale
 
 
-class RotaryEmbedding(nn.Module):
+class DeepseekV3RotaryEmbedding(nn.Module):
+    """Rotation tables from a non-persistent float32 ``inv_freq`` (kept float32 through dtype
+    casts by the model's ``keep_in_fp32``)."""
+
     def __init__(self, config: DeepseekV2Config) -> None:
         super().__init__()
         self.config = config
-        self.interleaved = config.rope_interleaved
         inv_freq, self.attention_scaling = rope_frequencies(config)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
@@ -120,39 +138,41 @@ class RotaryEmbedding(nn.Module):
         device = "cpu" if self.inv_freq.is_meta else self.inv_freq.device
         self.inv_freq = rope_frequencies(self.config)[0].to(device)
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """``positions`` ``(B or 1, T)`` -> rotation tables ``(B or 1, 1, T, rope_dim / 2)``:
-        ``scaling * e^(i angle)`` (complex64) for interleaved pairs, else cos and sin."""
-        angles = (positions[..., None].float() * self.inv_freq.float()).unsqueeze(1)
-        if self.interleaved:
-            return (torch.polar(torch.full_like(angles, self.attention_scaling), angles),)
+    def angles(self, positions: torch.Tensor) -> torch.Tensor:
+        """``positions`` ``(B|1, T)`` -> float32 angles ``(B|1, 1, T, rope_dim / 2)``."""
+        return (positions[..., None].float() * self.inv_freq.float()).unsqueeze(1)
+
+    def forward(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin ``(B|1, 1, T, rope_dim / 2)``, scaled, in ``dtype`` (transformers keeps
+        them duplicated to ``rope_dim``; each half is written once here)."""
+        angles = self.angles(positions)
         cos = (angles.cos() * self.attention_scaling).to(dtype)
         sin = (angles.sin() * self.attention_scaling).to(dtype)
         return cos, sin
 
 
-def rotate(x: torch.Tensor, rotary: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-    """The rotated ``x``, as parts to concatenate.
-
-    Interleaved pairs (x[2i], x[2i+1]) are rotated as complex numbers in float32 (DeepSeek's and
-    transformers' V2 formulation; V3 rotates the same pairs and lays them out de-interleaved,
-    which changes no dot product). Otherwise pairs are (x[i], x[i + d/2]) as in Llama.
-    """
-    if len(rotary) == 1:
-        pairs = x.float().unflatten(-1, (-1, 2))  # (..., d/2, 2)
-        if pairs.storage_offset() % 2 or any(stride % 2 for stride in pairs.stride()[:-1]):
-            pairs = pairs.contiguous()  # view_as_complex needs whole complex numbers
-        turned = torch.view_as_complex(pairs) * rotary[0]
-        return [torch.view_as_real(turned).flatten(-2).to(x.dtype)]
-    cos, sin = rotary
+def apply_rotary_pos_emb(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate-half RoPE on ``x`` ``(..., T, rope_dim)``: pairs (x_i, x_{i + d/2}), as Llama."""
     x1, x2 = x.chunk(2, dim=-1)
-    return [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def apply_rotary_emb(x: Tensor, freqs_cis: Tensor) -> Tensor:
+    """Adjacent pairs (x[2i], x[2i+1]) of ``x`` ``(..., T, rope_dim)`` rotated as complex
+    numbers in float32 and laid out as they came: transformers' V2 ``apply_rotary_emb``."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # (..., rope_dim / 2, 2)
+    if pairs.storage_offset() % 2 or any(stride % 2 for stride in pairs.stride()[:-1]):
+        pairs = pairs.contiguous()  # view_as_complex needs whole complex numbers
+    turned = torch.view_as_complex(pairs) * freqs_cis
+    return torch.view_as_real(turned).flatten(-2).to(x.dtype)
 
 
 # -- attention -----------------------------------------------------------------------------------
 
 
-class Attention(nn.Module):
+class DeepseekV3Attention(nn.Module):
     """Multi-head latent attention (eager or sdpa)."""
 
     def __init__(self, config: DeepseekV2Config) -> None:
@@ -164,14 +184,15 @@ class Attention(nn.Module):
         self.qk_head_dim = config.qk_head_dim
         self.dropout = config.attention_dropout
         self.scaling = softmax_scale(config)
+        self.rope_interleave = config.rope_interleaved
         if config.q_lora_rank is None:
             self.q_proj = nn.Linear(hidden, heads * self.qk_head_dim, bias=False)
         else:
             self.q_a_proj = nn.Linear(hidden, config.q_lora_rank, bias=bias)
-            self.q_a_layernorm = RMSNorm(config.q_lora_rank)
+            self.q_a_layernorm = DeepseekV3RMSNorm(config.q_lora_rank)
             self.q_b_proj = nn.Linear(config.q_lora_rank, heads * self.qk_head_dim, bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(hidden, self.kv_lora_rank + self.rope_dim, bias=bias)
-        self.kv_a_layernorm = RMSNorm(self.kv_lora_rank)
+        self.kv_a_layernorm = DeepseekV3RMSNorm(self.kv_lora_rank)
         self.kv_b_proj = nn.Linear(
             self.kv_lora_rank, heads * (self.nope_dim + self.v_head_dim), bias=False
         )
@@ -180,7 +201,7 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rotary: tuple[torch.Tensor, ...],
+        position_embeddings: PositionEmbeddings,
         mask: torch.Tensor | None,
         implementation: str,
     ) -> torch.Tensor:
@@ -197,9 +218,10 @@ class Attention(nn.Module):
         kv = kv.view(batch, length, self.num_heads, -1).transpose(1, 2)  # (B, h, T, nope + v)
         k_nope, v = kv.split([self.nope_dim, self.v_head_dim], dim=-1)
 
-        q = torch.cat([q_nope, *rotate(q_rot, rotary)], dim=-1)  # (B, h, T, dq)
-        k_rot = rotate(k_rot.unsqueeze(1), rotary)  # parts of (B, 1, T, rope), shared by heads
-        k = torch.cat([k_nope, *(p.expand(-1, self.num_heads, -1, -1) for p in k_rot)], dim=-1)
+        # one rotary key (B, 1, T, rope), shared by every head
+        q_rot, k_rot = self.rotate(q_rot, k_rot.unsqueeze(1), position_embeddings)
+        q = torch.cat([q_nope, q_rot], dim=-1)  # (B, h, T, dq)
+        k = torch.cat([k_nope, k_rot.expand(-1, self.num_heads, -1, -1)], dim=-1)
 
         dropout = self.dropout if self.training else 0.0
         if implementation == "sdpa":
@@ -209,15 +231,23 @@ class Attention(nn.Module):
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.v_head_dim)
         return self.o_proj(out)
 
+    def rotate(
+        self, q: torch.Tensor, k: torch.Tensor, position_embeddings: PositionEmbeddings
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = position_embeddings
+        if self.rope_interleave:
+            # DeepSeek's adjacent pairs. transformers' V3 rotates them with strided even / odd
+            # slices in the model dtype and lays them out evens then odds; one complex multiply
+            # in float32 is the same rotation (more precise under bfloat16), 3x faster on the
+            # CPU, and the layout changes no query-key product.
+            freqs_cis = torch.complex(cos.float(), sin.float())
+            return apply_rotary_emb(q, freqs_cis), apply_rotary_emb(k, freqs_cis)
+        return apply_rotary_pos_emb(q, cos, sin), apply_rotary_pos_emb(k, cos, sin)
+
 
 def sdpa_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.Tensor | None,
-    scale: float,
-    dropout: float,
-) -> torch.Tensor:
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, dropout: float
+) -> Tensor:
     """torch's fused attention. MLA's value heads are narrower than its query / key heads;
     zero-padding them to one width lets torch pick its flash kernel instead of the math one,
     and changes neither the scores nor the output."""
@@ -233,13 +263,8 @@ def sdpa_attention(
 
 
 def eager_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.Tensor | None,
-    scale: float,
-    dropout: float,
-) -> torch.Tensor:
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, dropout: float
+) -> Tensor:
     """Reference attention: softmax in float32; ``mask`` is boolean (True = may attend)."""
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, h, T, T)
     if mask is None:
@@ -254,39 +279,46 @@ def eager_attention(
 # -- blocks and model ----------------------------------------------------------------------------
 
 
-class DecoderLayer(nn.Module):
+class DeepseekV3DecoderLayer(nn.Module):
+    attention_class: ClassVar[type[DeepseekV3Attention]] = DeepseekV3Attention
+
     def __init__(self, config: DeepseekV2Config, index: int) -> None:
         super().__init__()
-        self.self_attn = Attention(config)
+        self.self_attn = self.attention_class(config)
         if config.is_moe_layer(index):
-            self.mlp: nn.Module = MoE(config)
+            self.mlp: nn.Module = DeepseekV3MoE(config)
         else:
-            self.mlp = MLP(config, config.intermediate_size)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.mlp = DeepseekV3MLP(config, config.intermediate_size)
+        self.input_layernorm = DeepseekV3RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = DeepseekV3RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(
         self,
         x: torch.Tensor,
-        rotary: tuple[torch.Tensor, ...],
+        position_embeddings: PositionEmbeddings,
         mask: torch.Tensor | None,
         implementation: str,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rotary, mask, implementation)
+        x = x + self.self_attn(self.input_layernorm(x), position_embeddings, mask, implementation)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class DeepseekModel(nn.Module):
+class DeepseekV3Model(nn.Module):
+    """Embedding, decoder layers, final norm and the rotary tables they share."""
+
+    layer_class: ClassVar[type[DeepseekV3DecoderLayer]] = DeepseekV3DecoderLayer
+    rotary_class: ClassVar[type[DeepseekV3RotaryEmbedding]] = DeepseekV3RotaryEmbedding
+
     def __init__(self, config: DeepseekV2Config) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(
             config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
         )
         self.layers = nn.ModuleList(
-            DecoderLayer(config, i) for i in range(config.num_hidden_layers)
+            self.layer_class(config, i) for i in range(config.num_hidden_layers)
         )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.rotary_emb = RotaryEmbedding(config)
+        self.norm = DeepseekV3RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_emb = self.rotary_class(config)
 
     def forward(
         self,
@@ -295,29 +327,35 @@ class DeepseekModel(nn.Module):
         mask: torch.Tensor | None,
         implementation: str,
     ) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
-        rotary = self.rotary_emb(positions, x.dtype)
+        x = self.embed_tokens(input_ids)  # (B, T, hidden)
+        position_embeddings = self.rotary_emb(positions, x.dtype)
         for layer in self.layers:
-            x = layer(x, rotary, mask, implementation)
+            x = layer(x, position_embeddings, mask, implementation)
         return self.norm(x)
 
 
-class DeepseekForCausalLM(CausalLM):
-    """A DeepSeek decoder with its LM head; ``DeepseekV3ForCausalLM`` / ``DeepseekV2ForCausalLM``
-    pick the config class (and so the defaults and the rotary layout)."""
+class DeepseekV3ForCausalLM(CausalLM):
+    """DeepSeek-V3 with its LM head; ``forward`` follows the CausalLM contract."""
 
     config_class = DeepseekV3Config
     config: DeepseekV2Config
+    model_class: ClassVar[type[DeepseekV3Model]] = DeepseekV3Model
+    # transformers keeps the router in float32 too; the rest is psyche's (rotary frequencies,
+    # the load counters of --moe-bias-update-rate).
+    keep_in_fp32 = (
+        "rotary_emb.inv_freq",
+        "mlp.gate.weight",
+        "mlp.gate.e_score_correction_bias",
+        "mlp.gate.expert_load",
+    )
 
     def __init__(self, config: DeepseekV2Config, options: Options | None = None) -> None:
         super().__init__(config, options)
-        self.model = DeepseekModel(config)
+        self.model = self.model_class(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
         rate = 0.0 if options is None else options.moe_bias_update_rate
         self.bias_update_rate = self._checked_bias_update_rate(rate)
-
-    # -- forward -------------------------------------------------------------------------------
 
     def forward(
         self,
@@ -335,16 +373,8 @@ class DeepseekForCausalLM(CausalLM):
             vocab_size=self.vocab_size,
             max_length=self.max_context_length,
         )
-        batch, length = input_ids.shape
-        mask = None
-        if sequence_lengths is not None:
-            positions, mask = document_layout(sequence_lengths, batch, length, input_ids.device)
-        else:
-            positions = torch.arange(length, device=input_ids.device).unsqueeze(0)
-        if position_ids is not None:
-            positions = position_ids.reshape(-1, length)
+        positions, mask = positions_and_mask(input_ids, position_ids, sequence_lengths)
         hidden = self.model(input_ids, positions, mask, self.attn_implementation)
-
         return causal_lm_output(hidden, self.lm_head, labels, num_logits_to_keep, return_logits)
 
     # -- init and weights ------------------------------------------------------------------------
@@ -355,21 +385,17 @@ class DeepseekForCausalLM(CausalLM):
         super().init_weights(generator)
         std = self.config.initializer_range
         for module in self.modules():
-            if isinstance(module, TopkRouter):
+            if isinstance(module, DeepseekV3TopkRouter):
                 nn.init.normal_(module.weight, mean=0.0, std=std, generator=generator)
                 if module.e_score_correction_bias is not None:
                     module.e_score_correction_bias.zero_()
-            elif isinstance(module, Experts):
+            elif isinstance(module, DeepseekV3Experts):
                 nn.init.normal_(module.gate_up_proj, mean=0.0, std=std, generator=generator)
                 nn.init.normal_(module.down_proj, mean=0.0, std=std, generator=generator)
         embed = self.model.embed_tokens
         if embed.padding_idx is not None:
             embed.weight[embed.padding_idx].zero_()
         self.tie_weights()
-
-    def tie_weights(self) -> None:
-        if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
 
     def hf_state_dict(self) -> dict[str, torch.Tensor]:
         """On-disk layout: routed experts as per-expert ``gate_proj`` / ``up_proj`` /
@@ -379,7 +405,7 @@ class DeepseekForCausalLM(CausalLM):
         for key, tensor in state.items():
             if key.endswith("mlp.experts.gate_up_proj"):
                 prefix = key.removesuffix("gate_up_proj")
-                out.update(Experts.unpack(prefix, tensor, state[prefix + "down_proj"]))
+                out.update(DeepseekV3Experts.unpack(prefix, tensor, state[prefix + "down_proj"]))
             elif not key.endswith("mlp.experts.down_proj"):
                 out[key] = tensor
         return out
@@ -408,12 +434,12 @@ class DeepseekForCausalLM(CausalLM):
 
     # -- trainer hooks ---------------------------------------------------------------------------
 
-    def moe_routers(self) -> list[tuple[int, TopkRouter]]:
+    def moe_routers(self) -> list[tuple[int, DeepseekV3TopkRouter]]:
         """``(layer index, router)`` of every MoE layer."""
         return [
             (i, layer.mlp.gate)
             for i, layer in enumerate(self.model.layers)
-            if isinstance(layer.mlp, MoE)
+            if isinstance(layer.mlp, DeepseekV3MoE)
         ]
 
     def _checked_bias_update_rate(self, rate: float) -> float:
@@ -435,9 +461,35 @@ class DeepseekForCausalLM(CausalLM):
         return balance_step(self.moe_routers(), communicator, self.bias_update_rate)
 
 
-class DeepseekV3ForCausalLM(DeepseekForCausalLM):
-    config_class = DeepseekV3Config
+# -- DeepSeek-V2: the same model with a complex rotary table --------------------------------------
 
 
-class DeepseekV2ForCausalLM(DeepseekForCausalLM):
+class DeepseekV2RotaryEmbedding(DeepseekV3RotaryEmbedding):
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # type: ignore[override]
+        """``scaling * e^(i angle)``, complex64 ``(B|1, 1, T, rope_dim / 2)`` (``dtype`` unused:
+        V2 rotates in float32 whatever the model dtype)."""
+        angles = self.angles(positions)
+        return torch.polar(torch.full_like(angles, self.attention_scaling), angles)
+
+
+class DeepseekV2Attention(DeepseekV3Attention):
+    def rotate(  # type: ignore[override]
+        self, q: torch.Tensor, k: torch.Tensor, freqs_cis: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return apply_rotary_emb(q, freqs_cis), apply_rotary_emb(k, freqs_cis)
+
+
+class DeepseekV2DecoderLayer(DeepseekV3DecoderLayer):
+    attention_class = DeepseekV2Attention
+
+
+class DeepseekV2Model(DeepseekV3Model):
+    layer_class = DeepseekV2DecoderLayer
+    rotary_class = DeepseekV2RotaryEmbedding
+
+
+class DeepseekV2ForCausalLM(DeepseekV3ForCausalLM):
+    """DeepSeek-V2 / V2-Lite (defaults and routing from :class:`DeepseekV2Config`)."""
+
     config_class = DeepseekV2Config
+    model_class = DeepseekV2Model

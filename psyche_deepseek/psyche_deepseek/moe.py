@@ -1,15 +1,17 @@
 """DeepSeek mixture of experts: router, routed experts, shared experts, load balancing.
 
-Numerics follow transformers 5 (``DeepseekV2TopkRouter`` / ``DeepseekV3TopkRouter`` and the
-``grouped_mm`` experts path): router logits and routing weights in float32, expert outputs
-weighted in float32 and summed per token in slot order.
+The classes carry transformers' DeepSeek-V3 names and serve V2 as well: the router implements
+both versions' ``topk_method`` s (transformers' ``DeepseekV2TopkRouter`` /
+``DeepseekV3TopkRouter``), picked by the config. Numerics follow transformers 5 (those routers
+and the ``grouped_mm`` experts path): router logits and routing weights in float32, expert
+outputs weighted in float32 and summed per token in slot order.
 
 Routed experts are kept packed in memory, as transformers 5 does (``experts.gate_up_proj``
 ``(E, 2I, H)``, ``experts.down_proj`` ``(E, H, I)``), and dispatched without a Python loop over
 tokens: token slots are sorted by expert and every expert runs as one group of a grouped matmul
 (``torch.nn.functional.grouped_mm``; one loop over experts on older torch). On disk the experts
-are per-expert linear layers (``experts.{i}.gate_proj.weight`` ...); :meth:`Experts.unpack`
-and ``Experts._load_from_state_dict`` convert.
+are per-expert linear layers (``experts.{i}.gate_proj.weight`` ...);
+:meth:`DeepseekV3Experts.unpack` and ``DeepseekV3Experts._load_from_state_dict`` convert.
 
 Auxiliary-loss-free balancing (DeepSeek-V3 paper, section 2.1.2): the router adds a bias to the
 scores it *chooses* experts by (never to the weights it mixes them with); after each optimizer
@@ -38,7 +40,7 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-class MLP(nn.Module):
+class DeepseekV3MLP(nn.Module):
     """SwiGLU feed-forward: the dense layers and the shared experts."""
 
     def __init__(self, config: DeepseekV2Config, intermediate_size: int) -> None:
@@ -53,12 +55,13 @@ class MLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
-class TopkRouter(nn.Module):
+class DeepseekV3TopkRouter(nn.Module):
     """Scores experts per token and picks ``num_experts_per_tok`` of them.
 
-    ``weight`` and ``e_score_correction_bias`` stay float32 whatever the model dtype (as
-    transformers keeps them); ``expert_load`` counts the token slots routed to each expert in
-    training forwards since the last :func:`balance_step`.
+    ``weight``, ``e_score_correction_bias`` and ``expert_load`` stay float32 whatever the model
+    dtype (the model's ``keep_in_fp32``, as transformers keeps the first two); ``expert_load``
+    counts the token slots routed to each expert in training forwards since the last
+    :func:`balance_step`.
     """
 
     def __init__(self, config: DeepseekV2Config) -> None:
@@ -111,21 +114,6 @@ class TopkRouter(nn.Module):
         device = self.weight.device
         self.expert_load = torch.zeros(self.num_experts, device=device)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
-        def keep_float32(t: torch.Tensor) -> torch.Tensor:
-            out = fn(t)
-            if t.dtype == torch.float32 and out.is_floating_point() and out.dtype != t.dtype:
-                return t.to(device=out.device)  # moved, not cast: routing stays in float32
-            return out
-
-        return super()._apply(keep_float32, recurse)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
-        for name in ("weight", "e_score_correction_bias"):
-            if prefix + name in state_dict:
-                state_dict[prefix + name] = state_dict[prefix + name].float()
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
 
 def _use_grouped_mm(x: torch.Tensor, weight: torch.Tensor) -> bool:
     if not hasattr(F, "grouped_mm"):
@@ -147,7 +135,7 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) 
     return torch.cat([F.linear(chunk, weight[e]) for e, chunk in enumerate(chunks)])
 
 
-class Experts(nn.Module):
+class DeepseekV3Experts(nn.Module):
     """The routed experts, packed: ``gate_up_proj`` ``(E, 2I, H)``, ``down_proj`` ``(E, H, I)``."""
 
     def __init__(self, config: DeepseekV2Config) -> None:
@@ -202,15 +190,17 @@ class Experts(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class MoE(nn.Module):
+class DeepseekV3MoE(nn.Module):
     """Routed experts plus always-on shared experts."""
 
     def __init__(self, config: DeepseekV2Config) -> None:
         super().__init__()
-        self.gate = TopkRouter(config)
-        self.experts = Experts(config)
+        self.gate = DeepseekV3TopkRouter(config)
+        self.experts = DeepseekV3Experts(config)
         shared = config.n_shared_experts or 0
-        self.shared_experts = MLP(config, config.moe_intermediate_size * shared) if shared else None
+        self.shared_experts = (
+            DeepseekV3MLP(config, config.moe_intermediate_size * shared) if shared else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])  # (N, H)
@@ -228,7 +218,7 @@ class MoE(nn.Module):
 
 
 def balance_step(
-    routers: Sequence[tuple[int, TopkRouter]], communicator: Communicator, rate: float
+    routers: Sequence[tuple[int, DeepseekV3TopkRouter]], communicator: Communicator, rate: float
 ) -> dict[str, float]:
     """Sum the step's expert loads over data-parallel peers, update the correction biases by
     ``rate * sign(mean load - load)`` when ``rate > 0``, reset the counters and return load

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from psyche_core.errors import PsycheError
-from psyche_core.inputs import check_inputs, document_layout
+from psyche_core.inputs import check_inputs, positions_and_mask
 from psyche_core.losses import causal_lm_output
 from psyche_core.model import CausalLM, CausalLMOutput, ModelConfig
 from psyche_core.options import Options
@@ -201,17 +201,11 @@ class LlamaRotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
 
     def reset_buffers(self) -> None:
-        """Recompute ``inv_freq`` (after a meta-device build, or a cast to low precision)."""
+        """Recompute ``inv_freq`` after a meta-device build. (It stays float32 through dtype
+        casts: ``LlamaForCausalLM.keep_in_fp32``.)"""
         device = self.inv_freq.device
         inv_freq = rope_inv_freq(self.config)
         self.inv_freq = inv_freq if device.type == "meta" else inv_freq.to(device)
-
-    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> LlamaRotaryEmbedding:
-        # model.to(bfloat16) casts every float buffer; RoPE frequencies must stay float32.
-        super()._apply(fn, recurse)
-        if self.inv_freq.dtype != torch.float32:
-            self.reset_buffers()
-        return self
 
     def forward(
         self, position_ids: torch.Tensor, dtype: torch.dtype
@@ -366,16 +360,13 @@ class LlamaForCausalLM(CausalLM):
 
     config_class = LlamaConfig
     config: LlamaConfig
+    keep_in_fp32 = ("rotary_emb.inv_freq",)
 
     def __init__(self, config: LlamaConfig, options: Options | None = None) -> None:
         super().__init__(config, options)
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
-
-    def tie_weights(self) -> None:
-        if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
 
     def init_weights(self, generator: torch.Generator) -> None:
         """transformers' init: N(0, initializer_range), zero biases, norms one, and a zero
@@ -400,7 +391,7 @@ class LlamaForCausalLM(CausalLM):
         return_logits: bool = True,
     ) -> CausalLMOutput:
         self._check_inputs(input_ids, labels, position_ids)
-        position_ids, mask = self._positions_and_mask(input_ids, position_ids, sequence_lengths)
+        position_ids, mask = positions_and_mask(input_ids, position_ids, sequence_lengths)
         hidden = self.model(input_ids, position_ids, mask, self.attn_implementation)
         return causal_lm_output(hidden, self.lm_head, labels, num_logits_to_keep, return_logits)
 
@@ -419,22 +410,3 @@ class LlamaForCausalLM(CausalLM):
             vocab_size=self.config.vocab_size,
             max_length=None if dynamic else self.config.max_position_embeddings,
         )
-
-    @staticmethod
-    def _positions_and_mask(
-        input_ids: torch.Tensor,
-        position_ids: torch.Tensor | None,
-        sequence_lengths: Sequence[Sequence[int]] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Rotary positions ``(B|1, T)`` and the attention mask: ``None`` for plain causal
-        attention, else a boolean ``(B, 1, T, T)`` block-diagonal causal mask over documents."""
-        B, T = input_ids.shape
-        device = input_ids.device
-        mask = None
-        if sequence_lengths is not None:
-            positions, mask = document_layout(sequence_lengths, B, T, device)
-        if position_ids is not None:
-            positions = position_ids.to(device).view(-1, T)
-        elif sequence_lengths is None:
-            positions = torch.arange(T, device=device)[None]
-        return positions, mask

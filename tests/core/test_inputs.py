@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from psyche_core.errors import InvalidInputError
-from psyche_core.inputs import check_inputs, document_layout
+from psyche_core.inputs import check_inputs, document_layout, positions_and_mask
 
 
 def test_document_layout_restarts_positions_and_blocks_attention():
@@ -45,3 +45,14 @@ def test_good_inputs_and_ignored_labels_pass():
     check_inputs(ids, torch.tensor([[-100, 2, 31]]), torch.arange(3)[None], vocab_size=32)
     with pytest.raises(InvalidInputError, match=r"sequence_lengths\[0\] = \[2, 2\]"):
         document_layout([[2, 2]], 1, 3, torch.device("cpu"))
+
+
+def test_positions_and_mask_prefers_explicit_positions():
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    positions, mask = positions_and_mask(ids)
+    assert positions.tolist() == [[0, 1, 2, 3]] and mask is None
+    positions, mask = positions_and_mask(ids, sequence_lengths=[[1, 3], [4]])
+    assert positions.tolist() == [[0, 0, 1, 2], [0, 1, 2, 3]] and mask.shape == (2, 1, 4, 4)
+    explicit = torch.tensor([5, 6, 7, 8])
+    positions, mask = positions_and_mask(ids, explicit, [[1, 3], [4]])
+    assert positions.tolist() == [[5, 6, 7, 8]] and mask.shape == (2, 1, 4, 4)

@@ -213,12 +213,43 @@ def test_a_signal_finishes_the_step_saves_and_exits(tmp_path, sig, code, peers):
     assert checkpoint.read(last).step == steps[-1]  # the step in flight was finished and saved
 
 
-def test_tensorboard_logging_or_a_clear_error_without_it(tmp_path, plugins):
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        with pytest.raises(PsycheError, match=r"needs tensorboard: pip install"):
-            train(plugins, flags(tmp_path, tensorboard=str(tmp_path / "tb"), total_steps=3))
-        return
+def test_tensorboard_event_file_holds_each_steps_metrics(tmp_path, plugins):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     train(plugins, flags(tmp_path, tensorboard=str(tmp_path / "tb"), total_steps=3))
-    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert {"loss", "lr", "grad_norm"} <= set(events.Tags()["scalars"])
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for tag in ("loss", "lr"):
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [1, 2, 3]
+        expected = [m[tag] for m in logged]
+        assert [s.value for s in scalars] == pytest.approx(expected, rel=1e-6)
+
+
+def test_tensorboard_missing_is_one_clear_line(tmp_path, plugins, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(PsycheError, match=r"needs tensorboard: pip install"):
+        train(plugins, flags(tmp_path, tensorboard=str(tmp_path / "tb"), total_steps=3))
+
+
+def test_wandb_offline_run_records_each_steps_metrics(tmp_path, plugins, monkeypatch):
+    pytest.importorskip("wandb", reason="the W&B reporter test needs wandb (requirements-dev)")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(plugins, flags(tmp_path, wandb_project="psyche-test", total_steps=3))
+    [run_file] = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    # the run file holds each logged value as JSON text, next to its key
+    recorded = run_file.read_bytes()
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for row in logged:
+        assert json.dumps(row["loss"]).encode() in recorded
+    assert b"grad_norm" in recorded and b"tokens_per_s" in recorded
+
+
+def test_wandb_missing_is_one_clear_line(tmp_path, plugins, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import fails
+    with pytest.raises(PsycheError, match=r"--wandb-project needs wandb: pip install"):
+        train(plugins, flags(tmp_path, wandb_project="p", total_steps=3))

@@ -44,3 +44,35 @@ def expected_sequences(folder: Path, names, length: int, token_size: int = 2) ->
         for start in range(0, len(tokens) - length + 1, length):
             rows.append(tokens[start : start + length])
     return np.array(rows, dtype=np.int64)
+
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Packing documents keeps attention inside each one.\nNew lines, too.",
+    "Ünïcödé text — with dashes, emoji 🙂 and  double  spaces.",
+    "A researcher with a folder of text has a way in now.",
+]
+
+
+def tiny_tokenizer(path: Path, vocab_size: int = 400, eos: bool = True) -> Path:
+    """A byte-level BPE tokenizer.json trained on :data:`CORPUS` (round-trips any text), with
+    ``<s>``/``</s>``; its post-processor appends ``</s>`` when ``eos``, like datatrove's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(CORPUS * 3, trainer)
+    if eos:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="$A </s>", special_tokens=[("</s>", tokenizer.token_to_id("</s>"))]
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(path))
+    return path

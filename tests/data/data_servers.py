@@ -9,7 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
-from psyche_data.server import parse_range
+from psyche_data.server import BOUNDARY, parse_range, parse_ranges
 
 
 class _Server(ThreadingHTTPServer):
@@ -90,10 +90,15 @@ class _Base(BaseHTTPRequestHandler):
 class FaultyServer(_Server):
     """Serves ``files`` (name -> bytes); each request takes the next behaviour from ``script``
     (then ``default``): ok, drop, stall, 500, 404, short (closes mid-body), truncated
-    (a complete answer with too few bytes), ignore-range."""
+    (a complete answer with too few bytes), ignore-range. With ``multi_range`` it answers a
+    request for several ranges with ``multipart/byteranges`` (else with the whole file, as a
+    plain static server does)."""
 
-    def __init__(self, files: dict[str, bytes], script=(), default: str = "ok") -> None:
+    def __init__(
+        self, files: dict[str, bytes], script=(), default: str = "ok", multi_range: bool = False
+    ) -> None:
         self.files = files
+        self.multi_range = multi_range
         self.script = list(script)
         self.default = default
         super().__init__(_FaultyHandler)
@@ -104,12 +109,34 @@ class FaultyServer(_Server):
 
 
 class _FaultyHandler(_Base):
+    def send_multipart(self, data: bytes, cut: bool) -> None:
+        body = b""
+        for first, last in parse_ranges(self.headers.get("Range"), len(data)):
+            body += (
+                (
+                    f"--{BOUNDARY}\r\nContent-Range: bytes {first}-{last}/{len(data)}\r\n\r\n"
+                ).encode()
+                + data[first : last + 1]
+                + b"\r\n"
+            )
+        body += f"--{BOUNDARY}--\r\n".encode()
+        self.send_response(206)
+        self.send_header("Content-Type", f"multipart/byteranges; boundary={BOUNDARY}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if cut else body)
+        if cut:
+            self.close_connection = True
+
     def do_GET(self) -> None:
         self.record()
         data = self.server.files.get(unquote(urlsplit(self.path).path).lstrip("/"))
         behaviour = self.server.next_behaviour()
+        several = "," in (self.headers.get("Range") or "")
         if data is None or behaviour == "404":
             self.send_plain(404, "not found")
+        elif several and self.server.multi_range and behaviour in ("ok", "short"):
+            self.send_multipart(data, cut=behaviour == "short")
         elif behaviour == "ok":
             self.send_bytes(data)
         elif behaviour == "drop":

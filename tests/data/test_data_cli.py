@@ -32,7 +32,7 @@ def test_hook_register_data_providers():
 def test_hook_register_commands():
     cli = click.Group("psyche")
     plugin.register_commands(cli=cli)
-    assert set(cli.commands["data"].commands) == {"serve", "inspect"}
+    assert set(cli.commands["data"].commands) == {"serve", "inspect", "tokenize", "prepare-chat"}
 
 
 def test_loads_as_a_plugin_and_builds_through_the_registry(token_folder):

@@ -234,3 +234,85 @@ def test_one_failing_sample_fails_the_batch():
         pytest.raises(PsycheError, match="404"),
     ):
         http.read([0, 2])  # two separate requests, one of them fails
+
+
+# -- batches: coalesced, several ranges per request, read ahead ---------------------------------
+
+
+def ranged_requests(fake, since=0):
+    return [h["range"] for _, _, h in fake.requests[since:]]
+
+
+@pytest.mark.parametrize("seed", [None, 5])
+def test_a_shuffled_batch_is_a_few_multi_range_requests(token_folder, seed):
+    names = ("a.ds", "b.ds")
+    files = {n: (token_folder / n).read_bytes() for n in names}
+    with FaultyServer(files, multi_range=True) as fake:
+        urls = [RemoteFile(f"{fake.url}/{n}") for n in names]
+        local = LocalDataProvider(token_folder / "a.ds", 50, seed=seed)
+        with HttpDataProvider(urls[:1], 50, seed=seed, **FAST) as http:
+            before = len(fake.requests)
+            ids = [3, 17, 4, 9, 0, 18, 11, 5]
+            assert np.array_equal(http.read(ids), local.read(ids))
+            sent = ranged_requests(fake, before)
+            assert len(sent) == 1  # one request, several ranges
+            if seed is None:  # file order: samples 3,4,5 are adjacent and become one range
+                assert sent[0] == "bytes=0-99,300-599,900-999,1100-1199,1700-1899"
+
+
+def test_plain_server_falls_back_to_one_range_per_request(token_folder):
+    files = {"b.ds": (token_folder / "b.ds").read_bytes()}
+    with FaultyServer(files) as fake:  # answers several ranges with the whole file
+        local = LocalDataProvider(token_folder / "b.ds", 100, seed=2)
+        with HttpDataProvider([RemoteFile(f"{fake.url}/b.ds")], 100, seed=2, **FAST) as http:
+            before = len(fake.requests)
+            ids = [0, 1, 2, 3, 4, 5]
+            assert np.array_equal(http.read(ids), local.read(ids))
+            sent = ranged_requests(fake, before)
+            assert "," in sent[0] and all("," not in r for r in sent[1:])
+            middle = len(fake.requests)
+            assert np.array_equal(http.read([7, 8, 9]), local.read([7, 8, 9]))
+            assert all("," not in r for r in ranged_requests(fake, middle))  # remembered
+
+
+def test_adjacent_samples_of_a_shuffled_batch_are_merged(token_folder):
+    """Every sample of a file, asked for in shuffled order and twice over, is one range."""
+    files = {"b.ds": (token_folder / "b.ds").read_bytes()}
+    with FaultyServer(files) as fake:
+        local = LocalDataProvider(token_folder / "b.ds", 100, seed=4)
+        with HttpDataProvider([RemoteFile(f"{fake.url}/b.ds")], 100, seed=4, **FAST) as http:
+            before = len(fake.requests)
+            ids = [*range(25), 3, 3]
+            assert np.array_equal(http.read(ids), local.read(ids))
+            assert ranged_requests(fake, before) == ["bytes=0-4999"]
+
+
+def test_short_multipart_answer_is_retried(token_folder):
+    files = {"a.ds": (token_folder / "a.ds").read_bytes()}
+    with FaultyServer(files, script=["ok", "short"], multi_range=True) as fake:
+        local = LocalDataProvider(token_folder / "a.ds", 50, seed=1)
+        with HttpDataProvider([RemoteFile(f"{fake.url}/a.ds")], 50, seed=1, **FAST) as http:
+            ids = [1, 7, 12]
+            assert np.array_equal(http.read(ids), local.read(ids))
+            assert len(fake.requests) == 3  # size probe, the cut answer, its retry
+
+
+def test_the_next_batch_is_read_ahead(token_folder):
+    files = {"b.ds": (token_folder / "b.ds").read_bytes()}
+    with FaultyServer(files) as fake:
+        local = LocalDataProvider(token_folder / "b.ds", 100)
+        with HttpDataProvider([RemoteFile(f"{fake.url}/b.ds")], 100, **FAST) as http:
+            for start in (0, 8, 16):  # a stride of 8, as a peer of two sees
+                if start == 16:  # asked for before the caller wants it
+                    deadline = time.monotonic() + 5
+                    while "bytes=3200-3999" not in ranged_requests(fake):
+                        assert time.monotonic() < deadline, "16-20 was not read ahead"
+                        time.sleep(0.01)
+                ids = range(start, start + 4)
+                assert np.array_equal(http.read(ids), local.read(ids))
+        sent = ranged_requests(fake, 1)
+    # 0-4 read; then a guess of 4-8 (dropped if it had not started when 8-12 came); 16-20 was
+    # read ahead once the stride was known, so it was not asked for again; then 24-28 guessed
+    needed = {"bytes=0-799", "bytes=1600-2399", "bytes=3200-3999"}
+    assert needed <= set(sent) <= needed | {"bytes=800-1599", "bytes=4800-5599"}
+    assert len(sent) == len(set(sent))

@@ -170,3 +170,35 @@ def test_serve_command_errors(tmp_path):
     assert "no such folder" in str(result.exception)
     result = CliRunner().invoke(data, ["serve", str(tmp_path)])
     assert "no .ds, .bin or .npy files" in str(result.exception)
+
+
+def test_several_ranges_come_back_as_multipart_byteranges(tmp_path):
+    import httpx
+
+    from psyche_data.fetch import _boundary, _multipart_parts
+
+    data = bytes(range(256)) * 8
+    (tmp_path / "a.ds").write_bytes(data)
+    for multi_range in (True, False):
+        server, port = start_server(tmp_path, multi_range=multi_range)
+        try:
+            url = f"http://127.0.0.1:{port}/a.ds"
+            answer = httpx.get(url, headers={"Range": "bytes=10-19,-5,100-101,9999-10005"})
+            if not multi_range:  # a plain server: the whole file
+                assert answer.status_code == 200 and answer.content == data
+                continue
+            assert answer.status_code == 206
+            assert answer.headers["content-length"] == str(len(answer.content))
+            parts = _multipart_parts(
+                bytearray(answer.content), _boundary(answer.headers["content-type"])
+            )
+            # in the order asked; the unsatisfiable range is left out
+            assert [(first, bytes(body)) for first, body in parts] == [
+                (10, data[10:20]), (2043, data[-5:]), (100, data[100:102]),
+            ]  # fmt: skip
+            one = httpx.get(url, headers={"Range": "bytes=5-6,9999-"})  # one left: no multipart
+            assert one.status_code == 206 and one.content == data[5:7]
+            none = httpx.get(url, headers={"Range": "bytes=9000-9001,9999-"})
+            assert none.status_code == 416
+        finally:
+            server.close()

@@ -9,11 +9,7 @@ import torch
 
 transformers = __import__("pytest").importorskip("transformers")
 
-from psyche_deepseek.model import (  # noqa: E402
-    DeepseekForCausalLM,
-    DeepseekV2ForCausalLM,
-    DeepseekV3ForCausalLM,
-)
+from psyche_deepseek.model import DeepseekV2ForCausalLM, DeepseekV3ForCausalLM  # noqa: E402
 
 VOCAB = 96
 
@@ -84,7 +80,7 @@ def save_hf(model, directory: Path) -> Path:
 
 def hf_and_psyche(
     kind: str, tmp_path: Path, attn: str = "sdpa", **overrides: Any
-) -> tuple[Any, DeepseekForCausalLM]:
+) -> tuple[Any, DeepseekV3ForCausalLM]:
     """The same random weights in transformers and (through save_pretrained) in psyche."""
     hf = build_hf(kind, **overrides)
     hf.config._attn_implementation = attn

@@ -184,6 +184,31 @@ def test_dtype_cast_keeps_routing_in_float32(tmp_path):
     assert loaded.model.layers[1].mlp.experts.gate_up_proj.grad.dtype == torch.bfloat16
 
 
+def test_keep_in_fp32_survives_casts_and_low_precision_checkpoints(tmp_path):
+    """Router weights, correction biases, load counters and rotary frequencies are moved, never
+    cast (``keep_in_fp32``): a bfloat16 round trip keeps their bits, and a checkpoint storing the
+    router in bfloat16 (as the published DeepSeek-V3 one does) loads it as float32."""
+    model = DeepseekV3ForCausalLM.from_config({**BASE, **V3_ROUTING, "rope_scaling": YARN})
+    gate = model.model.layers[1].mlp.gate
+    weight, inv_freq = gate.weight.detach().clone(), model.model.rotary_emb.inv_freq.clone()
+    model.to(torch.bfloat16).to(torch.float32)
+    assert torch.equal(gate.weight, weight)
+    assert torch.equal(model.model.rotary_emb.inv_freq, inv_freq)
+    model.to(torch.bfloat16)
+    for tensor in (gate.weight, gate.e_score_correction_bias, gate.expert_load, inv_freq):
+        assert tensor.dtype == torch.float32
+    assert model.model.layers[1].mlp.experts.down_proj.dtype == torch.bfloat16
+
+    model.save_pretrained(tmp_path / "bf16")
+    path = tmp_path / "bf16" / "model.safetensors"
+    state = load_file(path)
+    state["model.layers.1.mlp.gate.weight"] = state["model.layers.1.mlp.gate.weight"].bfloat16()
+    save_file(state, path, metadata={"format": "pt"})
+    loaded = DeepseekV3ForCausalLM.from_pretrained(tmp_path / "bf16", dtype="bfloat16")
+    assert loaded.model.layers[1].mlp.gate.weight.dtype == torch.float32
+    assert loaded.model.rotary_emb.inv_freq.dtype == torch.float32
+
+
 def test_seeded_init_follows_transformers_scheme():
     config = {**BASE, **V3_ROUTING, "initializer_range": 0.05}
     a = DeepseekV3ForCausalLM.from_config(config, seed=7)

@@ -35,6 +35,31 @@ def test_loss_and_logits_equal_transformers_own(tmp_path):
     assert model(ids, labels=torch.full_like(ids, -100)).loss.item() == 0.0
 
 
+def _gradients(model: HfCausalLM, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("ignored", [False, True], ids=["all-labels", "ignored-labels"])
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2", "mixtral"])
+def test_gradients_equal_transformers_own(arch, ignored):
+    """psyche's loss path (shifted, chunk-ready cross entropy + router loss) against
+    transformers' own loss on the same module: every gradient, within 1e-4 of its size."""
+    model = HfCausalLM.from_config(TINY[arch], seed=3)
+    ids = tokens(2, 12)
+    labels = ids.clone()
+    if ignored:
+        labels[0, :4] = -100
+        labels[1, 8:] = -100
+    ours = _gradients(model, model(ids, labels=labels).loss)
+    theirs = _gradients(model, model.hf_model(input_ids=ids, labels=labels).loss)
+    assert ours.keys() == theirs.keys() and len(ours) > 5
+    for name, expected in theirs.items():
+        torch.testing.assert_close(ours[name], expected, rtol=1e-4, atol=1e-6, msg=name)
+        assert (ours[name] - expected).norm() <= 1e-5 * expected.norm(), name
+
+
 def test_moe_router_loss_is_added_as_transformers_does():
     model = HfCausalLM.from_config(TINY["mixtral"], seed=0)
     ids = tokens(2, 12)

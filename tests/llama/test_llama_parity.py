@@ -29,11 +29,26 @@ VARIANTS = {
 }
 
 
-def _check_parity(config, attn_implementation, input_ids, return_logits=True):
+def ignoring_some(input_ids: torch.Tensor) -> torch.Tensor:
+    """Labels with -100 (ignored) at the start of one row and the end of another."""
+    labels = input_ids.clone()
+    labels[0, : input_ids.shape[1] // 3] = -100
+    labels[-1, input_ids.shape[1] * 2 // 3 :] = -100
+    return labels
+
+
+def close_gradient(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Relative as well as absolute: a gradient off by 1e-4 of its size fails, however small."""
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6)
+    assert (actual - expected).norm() <= 1e-5 * expected.norm()
+
+
+def _check_parity(config, attn_implementation, input_ids, return_logits=True, labels=None):
     hf, ours = twins(config, attn_implementation)
-    expected = hf(input_ids=input_ids, labels=input_ids)
+    labels = input_ids if labels is None else labels
+    expected = hf(input_ids=input_ids, labels=labels)
     expected.loss.backward()
-    logits, loss = ours(input_ids, labels=input_ids, return_logits=return_logits)
+    logits, loss = ours(input_ids, labels=labels, return_logits=return_logits)
     loss.backward()
     if return_logits:
         close(logits, expected.logits)
@@ -43,22 +58,28 @@ def _check_parity(config, attn_implementation, input_ids, return_logits=True):
     ours_params = dict(ours.named_parameters())
     assert set(ours_params) == {name for name, _ in hf.named_parameters()}
     for name, param in hf.named_parameters():
-        close(ours_params[name].grad, param.grad, atol=1e-4)
+        close_gradient(ours_params[name].grad, param.grad)
 
 
+@pytest.mark.parametrize("ignored", [False, True], ids=["all-labels", "ignored-labels"])
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_logits_loss_and_gradients_match_transformers(variant, attn_implementation):
-    _check_parity(VARIANTS[variant], attn_implementation, tokens(2, 24))
+def test_logits_loss_and_gradients_match_transformers(variant, attn_implementation, ignored):
+    input_ids = tokens(2, 24)
+    labels = ignoring_some(input_ids) if ignored else None
+    _check_parity(VARIANTS[variant], attn_implementation, input_ids, labels=labels)
 
 
+@pytest.mark.parametrize("ignored", [False, True], ids=["all-labels", "ignored-labels"])
 @pytest.mark.parametrize("variant", ["gqa", "tied", "bias"])
-def test_chunked_loss_matches_transformers(variant, monkeypatch):
+def test_chunked_loss_matches_transformers(variant, ignored, monkeypatch):
     """return_logits=False takes the chunked head + cross entropy; several chunks here."""
     import psyche_core.losses as loss_module
 
     monkeypatch.setattr(loss_module, "LOSS_CHUNK_ELEMENTS", 7 * 96)  # 7 rows per chunk
-    _check_parity(VARIANTS[variant], "sdpa", tokens(2, 24), return_logits=False)
+    input_ids = tokens(2, 24)
+    labels = ignoring_some(input_ids) if ignored else None
+    _check_parity(VARIANTS[variant], "sdpa", input_ids, return_logits=False, labels=labels)
 
 
 def test_chunked_loss_under_no_grad_skips_gradient_work():

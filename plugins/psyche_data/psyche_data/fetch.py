@@ -133,6 +133,43 @@ class RangeClient:
                 raise Retryable(f"short read: got {filled} of {length} bytes")
             return buffer
 
+    def read_ranges(self, url: str, ranges: Sequence[tuple[int, int]]) -> list[memoryview] | None:
+        """Exactly the bytes of each ``(start, length)`` of ``url``, in one multi-range request.
+
+        Returns None when the server does not answer several ranges at once (it sent the whole
+        file, or fewer ranges than asked); the caller then asks for them one by one.
+        """
+        first, last = ranges[0][0], ranges[-1][0] + ranges[-1][1] - 1
+        return self._retry(
+            f"{url} {len(ranges)} ranges in bytes {first}-{last}",
+            lambda: self._read_ranges_once(url, ranges),
+        )
+
+    def _read_ranges_once(
+        self, url: str, ranges: Sequence[tuple[int, int]]
+    ) -> list[memoryview] | None:
+        wanted = sum(length for _, length in ranges)
+        spec = ",".join(f"{start}-{start + length - 1}" for start, length in ranges)
+        headers = {**self._headers, "Range": f"bytes={spec}"}
+        deadline = time.monotonic() + self.timeout + wanted / _MIN_RATE
+        with self._client.stream("GET", url, headers=headers) as r:
+            if r.status_code == 200:
+                return None  # the whole file: closing now drops it unread
+            if r.status_code != 206:
+                raise _status_error(r)
+            kind = r.headers.get("content-type", "")
+            # each part carries ~150 bytes of headers; anything much bigger is not our answer
+            limit = wanted + 512 * len(ranges) + 4096
+            body = _read_body(r, limit, deadline)
+            if kind.lower().startswith("multipart/byteranges"):
+                parts = _multipart_parts(body, _boundary(kind))
+            else:
+                got = _parse_content_range(r.headers.get("content-range"))
+                if got is None or got[0] is None:
+                    raise Fatal(f"a 206 answer without a usable Content-Range ({kind})")
+                parts = [(got[0], memoryview(body))]
+            return _cut(parts, ranges)
+
     def _size_once(self, url: str) -> int:
         with self._client.stream("GET", url, headers=self._request_headers(0, 0)) as r:
             if r.status_code == 200:
@@ -186,6 +223,82 @@ class RangeClient:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._client.close()
+
+
+def _read_body(response: httpx.Response, limit: int, deadline: float) -> bytearray:
+    declared = response.headers.get("content-length")
+    if declared is not None and int(declared) > limit:
+        raise Fatal(f"the server answered with {declared} bytes for ranges totalling less")
+    body = bytearray()
+    for chunk in response.iter_raw():
+        body += chunk
+        if len(body) > limit:
+            raise Fatal("the server sent more than the ranges asked for")
+        if time.monotonic() > deadline:
+            raise Retryable(f"too slow: {len(body)} bytes in time")
+    if declared is not None and len(body) != int(declared):
+        raise Retryable(f"short read: got {len(body)} of {declared} bytes")
+    return body
+
+
+def _boundary(content_type: str) -> bytes:
+    for parameter in content_type.split(";")[1:]:
+        key, _, value = parameter.strip().partition("=")
+        if key.strip().lower() == "boundary" and value:
+            return value.strip().strip('"').encode()
+    raise Fatal(f"multipart answer without a boundary ({content_type!r})")
+
+
+def _multipart_parts(body: bytearray, boundary: bytes) -> list[tuple[int, memoryview]]:
+    """``(first byte, data)`` of each part of a ``multipart/byteranges`` body.
+
+    Each part's length comes from its ``Content-Range``, so binary data that happens to
+    contain the boundary cannot cut a part short.
+    """
+    view = memoryview(body)
+    marker = b"--" + boundary
+    parts = []
+    at = body.find(marker)
+    while at >= 0:
+        at += len(marker)
+        if body[at : at + 2] == b"--":
+            return parts  # the closing boundary
+        end = body.find(b"\r\n\r\n", at)
+        if end < 0:
+            break
+        first = last = None
+        for line in bytes(body[at:end]).decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-range":
+                got = _parse_content_range(value)
+                if got is not None:
+                    first, last = got[0], got[1]
+        if first is None or last is None:
+            raise Fatal("a multipart part without a usable Content-Range")
+        start = end + 4
+        if start + last - first + 1 > len(body):
+            raise Retryable(f"short read: a part of bytes {first}-{last} is cut off")
+        parts.append((first, view[start : start + last - first + 1]))
+        at = body.find(marker, start + last - first + 1)
+    raise Retryable("short read: the multipart answer ends without its closing boundary")
+
+
+def _cut(
+    parts: list[tuple[int, memoryview]], ranges: Sequence[tuple[int, int]]
+) -> list[memoryview] | None:
+    """Each wanted range from the parts that hold it (servers may merge or reorder ranges);
+    None when a range is missing, i.e. the server answered only some of them."""
+    out = []
+    for number, (start, length) in enumerate(ranges):
+        # usually part i answers range i; search the rest only when it does not
+        hint = [parts[number]] if number < len(parts) else []
+        for first, data in hint + parts:
+            if first <= start and start + length <= first + len(data):
+                out.append(data[start - first : start - first + length])  # a view, no copy
+                break
+        else:
+            return None
+    return out
 
 
 def _parse_content_range(value: str | None) -> tuple[int | None, int | None, int | None] | None:

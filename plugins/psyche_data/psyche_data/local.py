@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from psyche_core.data import TokenizedData
 from psyche_core.errors import PsycheError
 from psyche_data.index import (
     ArrayDataProvider,
@@ -78,6 +79,7 @@ class LocalDataProvider(ArrayDataProvider):
         sequence_length: int,
         token_size: int = 2,
         seed: int | None = None,
+        document_boundaries: bool = False,
     ) -> None:
         self.dtype = token_dtype(token_size)
         self.root, names = find_data_files(path)
@@ -86,6 +88,7 @@ class LocalDataProvider(ArrayDataProvider):
         self.index = SequenceIndex(names, sizes, token_size, sequence_length, seed)
         self._maps: dict[int, np.memmap] = {}
         self._lock = threading.Lock()
+        self.document_starts = _document_starts(self.paths) if document_boundaries else None
 
     @property
     def num_sequences(self) -> int:
@@ -114,12 +117,26 @@ class LocalDataProvider(ArrayDataProvider):
             out[row] = self._map(file)[offset : offset + length]
         return out
 
+    def get_samples(self, ids: Sequence[int]) -> list[TokenizedData]:
+        if self.document_starts is None:
+            return super().get_samples(ids)
+        where = self.index.locate(ids)
+        length = self.index.sequence_length
+        samples = []
+        pieces = zip(self.read(ids), where.file.tolist(), where.token_offset.tolist())
+        for row, file, offset in pieces:
+            lengths = _piece_lengths(self.document_starts[file], offset, length)
+            positions = np.concatenate([np.arange(n) for n in lengths])
+            samples.append(TokenizedData(row, position_ids=positions, sequence_lengths=lengths))
+        return samples
+
     def describe(self) -> str:
         index = self.index
         return (
             f"local: {len(index.names)} files in {self.root}, {index.num_tokens:,} tokens, "
             f"{index.num_sequences:,} sequences of {index.sequence_length}"
             + ("" if index.seed is None else f", shuffled with seed {index.seed}")
+            + ("" if self.document_starts is None else ", documents kept apart")
         )
 
     def close(self) -> None:
@@ -132,5 +149,34 @@ def build_local(options, providers=None) -> LocalDataProvider:
     if not options.data_path:
         raise PsycheError("the local data provider needs --data-path (a folder of token files)")
     return LocalDataProvider(
-        options.data_path, options.sequence_length, options.token_size, options.seed
+        options.data_path,
+        options.sequence_length,
+        options.token_size,
+        options.seed,
+        document_boundaries=options.data_document_boundaries,
     )
+
+
+def _document_starts(paths: list[Path]) -> list[np.ndarray]:
+    """Each file's document start offsets, from the ``.idx`` files ``psyche data tokenize``
+    writes beside its shards."""
+    from psyche_data.tokenize import read_document_starts
+
+    starts = []
+    for path in paths:
+        found = read_document_starts(path)
+        if found is None:
+            raise PsycheError(
+                f"{path} has no document index ({path.name}.idx); --data-document-boundaries "
+                "needs shards written by `psyche data tokenize`, or leave it off"
+            )
+        starts.append(found)
+    return starts
+
+
+def _piece_lengths(starts: np.ndarray, offset: int, length: int) -> list[int]:
+    """The lengths of the document pieces in tokens ``offset .. offset+length-1``."""
+    first = np.searchsorted(starts, offset, side="right")
+    last = np.searchsorted(starts, offset + length, side="left")
+    cuts = [0, *(starts[first:last] - offset).tolist(), length]
+    return np.diff(cuts).tolist()

@@ -39,7 +39,14 @@ WEIGHTED_OPTION = OptionSpec(
     "Weighted data: [[weighted]] tables of provider options plus a weight (TOML only).",
     cli=False,
 )
-OPTIONS = (*URL_OPTIONS, *HTTP_OPTIONS, WEIGHTED_OPTION)
+BOUNDARIES_OPTION = OptionSpec(
+    "data-document-boundaries",
+    bool,
+    False,
+    "Local data: mark the documents inside each sample (sequence_lengths, position_ids) from "
+    "the .idx files `psyche data tokenize` writes, so attention stays within a document.",
+)
+OPTIONS = (*URL_OPTIONS, *HTTP_OPTIONS, WEIGHTED_OPTION, BOUNDARIES_OPTION)
 
 
 @hookimpl
@@ -49,6 +56,7 @@ def register_data_providers(register):
             name="local",
             factory="psyche_data.local:build_local",
             implied_by="data_path",
+            options=(BOUNDARIES_OPTION,),
             description="a folder of raw token files (.ds/.bin/.npy), memory-mapped",
         )
     )

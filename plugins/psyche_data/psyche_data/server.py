@@ -1,7 +1,9 @@
 """``psyche data serve``: a small threaded HTTP/1.1 server for a folder of token files.
 
-It answers ``GET`` and ``HEAD`` with single byte ranges (``bytes=a-b``, ``bytes=a-``,
-``bytes=-n``; 206 with ``Content-Range``, 416 when unsatisfiable), keeps connections alive, and
+It answers ``GET`` and ``HEAD`` with byte ranges (``bytes=a-b``, ``bytes=a-``, ``bytes=-n``;
+206 with ``Content-Range``, 416 when unsatisfiable), several at once as a standard
+``multipart/byteranges`` answer (``bytes=0-9,100-199``: one part per range, in the order
+asked), keeps connections alive, and
 never serves anything outside its folder (``..``, absolute paths, hidden files and symlinks that
 lead out are refused). ``GET /`` returns a JSON index of the data files,
 ``{"files": [{"path": "a.ds", "size": 123}, ...]}``, in the order the ``local`` provider reads
@@ -28,7 +30,35 @@ from psyche_data.local import walk_data_files
 logger = logging.getLogger(__name__)
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+_ONE_RANGE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
 _CHUNK = 1 << 20
+MAX_RANGES = 4096  # more ranges than this in one request are answered with the whole file
+BOUNDARY = "psyche-data-byteranges"
+
+
+def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | str | None:
+    """The inclusive byte ranges a ``Range`` header asks of a ``size``-byte file, in order.
+
+    ``None`` sends the whole file (no header, a malformed one, or more than ``MAX_RANGES``, as
+    RFC 9110 allows); ``"unsatisfiable"`` when no range is (a 416); unsatisfiable ranges among
+    satisfiable ones are left out, as the RFC says.
+    """
+    if not header:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or not spec.strip():
+        return None
+    parts = spec.split(",")
+    if len(parts) > MAX_RANGES:
+        return None
+    ranges = []
+    for part in parts:
+        one = parse_range(f"bytes={part}", size)
+        if one is None:
+            return None
+        if one != "unsatisfiable":
+            ranges.append(one)
+    return ranges or "unsatisfiable"
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
@@ -108,7 +138,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         with file:
             size = os.fstat(file.fileno()).st_size
-            wanted = parse_range(self.headers.get("Range"), size)
+            wanted = self._wanted(self.headers.get("Range"), size)
+            if isinstance(wanted, list):
+                self._send_parts(file, wanted, size, body)
+                return
             if wanted == "unsatisfiable":
                 self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
                 self.send_header("Content-Range", f"bytes */{size}")
@@ -129,6 +162,54 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if body and count:
                 self.connection.sendfile(file, first, count)
+
+    def _wanted(self, header: str | None, size: int):
+        """One range ``(first, last)``, several (a list), None or ``"unsatisfiable"``."""
+        if header is None or "," not in header:
+            return parse_range(header, size)
+        if not self.server.multi_range:
+            return None  # a plain server: the whole file
+        ranges = parse_ranges(header, size)
+        if isinstance(ranges, list) and len(ranges) == 1:
+            return ranges[0]
+        return ranges
+
+    def _send_parts(self, file, ranges: list[tuple[int, int]], size: int, body: bool) -> None:
+        """A ``multipart/byteranges`` answer, one part per range."""
+        heads = [
+            (
+                f"--{BOUNDARY}\r\nContent-Type: application/octet-stream\r\n"
+                f"Content-Range: bytes {first}-{last}/{size}\r\n\r\n"
+            ).encode()
+            for first, last in ranges
+        ]
+        tail = f"\r\n--{BOUNDARY}--\r\n".encode()
+        length = sum(len(h) for h in heads) + sum(b - a + 1 for a, b in ranges)
+        length += 2 * (len(ranges) - 1) + len(tail)  # a CRLF before every boundary after the first
+        self.send_response(HTTPStatus.PARTIAL_CONTENT)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Type", f"multipart/byteranges; boundary={BOUNDARY}")
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        if not body:
+            return
+        # small parts are gathered into ~1 MiB writes (a syscall per 4 KiB sample would cost
+        # more than the copy); large ones go out with sendfile
+        fd = file.fileno()
+        out = bytearray()
+        for number, (head, (first, last)) in enumerate(zip(heads, ranges)):
+            out += (b"\r\n" if number else b"") + head
+            count = last - first + 1
+            if count > _CHUNK:
+                self.wfile.write(out)
+                out = bytearray()
+                self.connection.sendfile(file, first, count)
+            else:
+                out += os.pread(fd, count, first)
+            if len(out) >= _CHUNK:
+                self.wfile.write(out)
+                out = bytearray()
+        self.wfile.write(out + tail)
 
     def _resolve(self, path: str) -> str | None:
         """The real path of a file inside the served folder, or None."""
@@ -167,8 +248,15 @@ class DataServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, root: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        multi_range: bool = True,
+    ):
         self.root = Path(root)
+        self.multi_range = multi_range  # False: stand in for a server without multi-range
         if not self.root.is_dir():
             raise PsycheError(f"cannot serve {str(root)!r}: not a folder")
         self.real_root = os.path.realpath(self.root)
@@ -220,10 +308,12 @@ class DataServer(ThreadingHTTPServer):
 
 
 def start_server(
-    root: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 0
+    root: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 0, multi_range: bool = True
 ) -> tuple[DataServer, int]:
-    """Serve ``root`` in the background: ``(server, port)``; ``server.close()`` stops it."""
-    server = DataServer(root, host, port).start()
+    """Serve ``root`` in the background: ``(server, port)``; ``server.close()`` stops it.
+    ``multi_range=False`` answers a request for several ranges with the whole file, like a
+    plain static server."""
+    server = DataServer(root, host, port, multi_range).start()
     return server, server.port
 
 

@@ -88,3 +88,20 @@ def decoded_samples(
             stop = min(count, provider.num_sequences, start + 64)
             for row in provider.read(range(start, stop)):
                 yield decoder.decode(row.tolist(), skip_special_tokens=True)
+
+
+def manifest_lines(manifest: dict) -> Iterator[str]:
+    """What ``psyche data tokenize`` recorded: tokenizer, special tokens, counts, source."""
+    tokenizer = manifest.get("tokenizer", {})
+    yield f"tokenizer:  {tokenizer.get('name')} (vocab {tokenizer.get('vocab_size')}, sha256 " + (
+        f"{str(tokenizer.get('sha256'))[:12]})"
+    )
+    yield f"documents:  {manifest.get('documents', 0):,} (BOS {manifest.get('bos_id')}, EOS " + (
+        f"{manifest.get('eos_id')}; boundaries in NAME.idx)"
+    )
+    yield f"text:       {manifest.get('text_bytes', 0):,} bytes"
+    if manifest.get("skipped_bad"):
+        yield f"skipped:    {manifest['skipped_bad']:,} bad records"
+    source = manifest.get("source", {})
+    what = source.get("dataset") or f"{len(source.get('files', []))} files"
+    yield f"source:     {what}, sha256 {str(source.get('sha256'))[:12]}"

@@ -1,0 +1,298 @@
+"""``psyche compare``: the same model, data, seed and token budget under several optimizer
+settings, each at its best learning rate, in one report.
+
+A setting is an optimizer name with optional ``key=value`` overrides of that optimizer's own
+flags, named by the flag or its last word (``distro:topk=32,chunk=16,decay=0.995`` sets
+``--compression-topk``, ``--compression-chunk``, ``--compression-decay``; a bare key is a
+switch: ``distro:quantization``). Each setting trains once per ``--lr-sweep`` value; the best
+run is the one with the lowest held-out loss when there is held-out data, else the lowest mean
+training loss over the last steps. The report folder holds ``report.md`` (the table),
+``curves.png`` (loss against tokens and against bytes sent) and every run's metrics JSONL;
+``compare.json`` records what is finished, so an interrupted compare resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from psyche_core.errors import PsycheError, UnknownNameError
+from psyche_core.options import Options, coerce
+from psyche_core.plugins import Plugins
+from psyche_core.specs import OptionSpec
+
+STATE_FILE = "compare.json"
+KIND = "psyche-compare"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One optimizer configuration: ``text`` as typed, the optimizer and its option values."""
+
+    text: str
+    optimizer: str
+    overrides: tuple[tuple[str, Any], ...]
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", self.text.replace(":", "-").replace(",", "_"))
+
+
+def parse_setting(text: str, plugins: Plugins, specs: Sequence[OptionSpec]) -> Setting:
+    """``NAME`` or ``NAME:key=value,key,...`` against the optimizer's declared options (and
+    the core optimizer options: betas, eps, weight decay)."""
+    name, _, rest = text.partition(":")
+    spec = plugins.optimizers.get(name)  # unknown names: one line with close matches
+    own = {option.key: option for option in spec.options}
+    core = {s.key: s for s in specs if s.key in ("beta1", "beta2", "eps", "weight_decay")}
+    choices = {**core, **own}
+    overrides = []
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, has_value, raw = item.partition("=")
+        option = _match_option(key.strip().replace("-", "_"), choices, name, text)
+        if not has_value:
+            if option.type is not bool:
+                raise PsycheError(f"{text}: {key} needs a value ({key}=...)")
+            value: Any = True
+        else:
+            value = _parse_value(option, raw.strip(), text)
+        overrides.append((option.key, value))
+    return Setting(text, name, tuple(overrides))
+
+
+def _match_option(key: str, choices: dict[str, OptionSpec], name: str, text: str) -> OptionSpec:
+    if key in choices:
+        return choices[key]
+    by_suffix = [option for k, option in choices.items() if k.endswith("_" + key)]
+    if len(by_suffix) == 1:
+        return by_suffix[0]
+    known = sorted({k.split("_")[-1] for k in choices} | set(choices))
+    raise UnknownNameError(
+        f"{name} key", key, known, f"(in {text!r}: keys are the optimizer's own flags)"
+    )
+
+
+def _parse_value(option: OptionSpec, raw: str, text: str) -> Any:
+    kind = option.type
+    try:
+        if kind is bool:
+            value: Any = {"true": True, "false": False, "1": True, "0": False}[raw.lower()]
+        elif kind is int:
+            value = int(raw)
+        elif kind is float:
+            value = float(raw)
+        else:
+            value = raw
+    except (KeyError, ValueError):
+        value = raw  # coerce names the expected type
+    return coerce(option, value, text)
+
+
+def parse_learning_rates(text: str | None) -> list[float]:
+    """``3e-4,1e-3,3e-3`` -> floats, each finite and positive."""
+    if not text:
+        return []
+    rates = []
+    for part in text.split(","):
+        try:
+            rate = float(part)
+        except ValueError:
+            raise PsycheError(f"--lr-sweep {text}: {part!r} is not a number") from None
+        if not (math.isfinite(rate) and rate > 0):
+            raise PsycheError(f"--lr-sweep {text}: every learning rate must be positive")
+        rates.append(rate)
+    return rates
+
+
+# -- the report folder ---------------------------------------------------------------------------
+
+
+def open_report(out: Path, settings: Sequence[Setting], rates: Sequence[float], resume: bool):
+    """The state of ``out``: new, or a compare of the same settings to resume."""
+    state_file = out / STATE_FILE
+    wanted = {"kind": KIND, "settings": [s.text for s in settings], "learning_rates": list(rates)}
+    if state_file.is_file():
+        state = json.loads(state_file.read_text())
+        if not resume:
+            raise PsycheError(
+                f"{out} holds a compare report already; pass --resume to continue it, or "
+                "choose another --out"
+            )
+        if {k: state.get(k) for k in wanted} != wanted:
+            raise PsycheError(
+                f"{out} holds a compare of other settings ({', '.join(state.get('settings', []))});"
+                " --resume continues only the same settings and learning rates"
+            )
+        return state
+    if out.exists() and (out.is_file() or any(out.iterdir())):
+        raise PsycheError(
+            f"--out {out} is not empty and holds no psyche compare; choose an empty or new folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return {**wanted, "runs": {}}
+
+
+def save_state(out: Path, state: dict[str, Any]) -> None:
+    temporary = out / (STATE_FILE + ".tmp")
+    temporary.write_text(json.dumps(state, indent=2))
+    temporary.replace(out / STATE_FILE)
+
+
+def run_compare(
+    options: Options,
+    settings: Sequence[Setting],
+    rates: Sequence[float],
+    out: Path,
+    plugins: Plugins,
+    resume: bool,
+    train: Callable[[Options], dict[str, Any]],
+    say: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Train every setting at every rate (skipping finished runs), then write the report."""
+    state = open_report(out, settings, rates, resume)
+    (out / "runs").mkdir(exist_ok=True)
+    switches = {spec.implied_by for _, spec, _ in plugins.optimizers.items() if spec.implied_by}
+    for setting in settings:
+        for rate in rates or [options.learning_rate]:
+            name = f"{setting.slug}@{rate:g}"
+            if name in state["runs"]:
+                say(f"compare: {name} done already")
+                continue
+            say(f"compare: training {name}")
+            metrics = out / "runs" / f"{name}.jsonl"
+            run_options = options.replace(
+                **{key: False for key in switches if key in options},
+                optimizer=setting.optimizer,
+                learning_rate=rate,
+                metrics=str(metrics),
+                **dict(setting.overrides),
+            )
+            summary = train(run_options)
+            if summary.get("stopped"):
+                raise PsycheError(f"compare stopped during {name}; --resume continues it")
+            state["runs"][name] = {
+                "setting": setting.text,
+                "learning_rate": rate,
+                "metrics": str(metrics.relative_to(out)),
+                "parameters": summary.get("parameters"),
+            }
+            save_state(out, state)
+    rows = summarize(out, state, settings)
+    write_report(out, rows, options)
+    return rows
+
+
+# -- summarizing -----------------------------------------------------------------------------------
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    tail = max(1, min(20, len(rows) // 5))
+    held_out = [r["val_loss"] for r in rows if r.get("val_loss") is not None]
+    return {
+        "loss": statistics.fmean(r["loss"] for r in rows[-tail:]),
+        "val_loss": held_out[-1] if held_out else None,
+        "bytes_per_step": statistics.fmean(r["bytes_sent"] for r in rows),
+        "step_time_s": statistics.median(r["step_time_s"] for r in rows),
+        "optimizer_s": statistics.median(r.get("optimizer_s", math.nan) for r in rows),
+        "tail": tail,
+    }
+
+
+def summarize(out: Path, state: dict[str, Any], settings: Sequence[Setting]) -> list[dict]:
+    """The best run of each setting (held-out loss when there is one, else training loss)."""
+    best = []
+    for setting in settings:
+        candidates = []
+        for run in state["runs"].values():
+            if run["setting"] != setting.text:
+                continue
+            scores = run_scores(_read(out / run["metrics"]))
+            key = scores["val_loss"] if scores["val_loss"] is not None else scores["loss"]
+            candidates.append((key, run, scores))
+        key, run, scores = min(candidates, key=lambda c: c[0])
+        dense = 4 * run["parameters"] if run.get("parameters") else None
+        best.append(
+            {
+                "setting": setting.text,
+                "learning_rate": run["learning_rate"],
+                "metrics": run["metrics"],
+                "compression": dense / scores["bytes_per_step"]
+                if dense and scores["bytes_per_step"]
+                else None,
+                "tried": sorted(c[1]["learning_rate"] for c in candidates),
+                **scores,
+            }
+        )
+    return best
+
+
+def write_report(out: Path, rows: list[dict[str, Any]], options: Options) -> None:
+    by = "held-out loss" if any(r["val_loss"] is not None for r in rows) else "training loss"
+    lines = [
+        "# psyche compare",
+        "",
+        f"Model `{options.model}`, {options.total_steps} steps of {options.total_batch} x "
+        f"{options.sequence_length} tokens, seed {options.seed}; each setting at its best "
+        f"learning rate by {by}. `loss` is the mean training loss of the last "
+        f"{rows[0]['tail']} steps; bytes are what one peer sends per step; compression is "
+        "against a dense fp32 gradient.",
+        "",
+        "| setting | best lr (tried) | loss | held-out loss | bytes / peer / step | "
+        "compression | step time | optimizer share |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        held = f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-"
+        ratio = f"{r['compression']:,.0f}x" if r["compression"] else "-"
+        share = r["optimizer_s"] / r["step_time_s"] if r["step_time_s"] else math.nan
+        tried = ", ".join(f"{x:g}" for x in r["tried"])
+        lines.append(
+            f"| `{r['setting']}` | {r['learning_rate']:g} ({tried}) | {r['loss']:.4f} | {held} | "
+            f"{r['bytes_per_step']:,.0f} | {ratio} | {r['step_time_s'] * 1000:,.1f} ms | "
+            f"{share:.0%} |"
+        )
+    lines += ["", "![loss against tokens and bytes sent](curves.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    (out / "summary.json").write_text(json.dumps(rows, indent=2))
+    _plot(out, rows)
+
+
+def _plot(out: Path, rows: list[dict[str, Any]]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return  # the table stands alone; psyche-core[plot] adds the chart
+    fig, (by_tokens, by_bytes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in rows:
+        metrics = _read(out / r["metrics"])
+        label = f"{r['setting']} @ {r['learning_rate']:g}"
+        losses = [m["loss"] for m in metrics]
+        by_tokens.plot([m["tokens"] for m in metrics], losses, label=label)
+        sent = 0.0
+        cumulative = []
+        for m in metrics:
+            sent += m["bytes_sent"]
+            cumulative.append(sent)
+        by_bytes.plot(cumulative, losses, label=label)
+    by_bytes.set_xscale("log")
+    for axis, x in ((by_tokens, "tokens"), (by_bytes, "bytes sent per peer (cumulative)")):
+        axis.set_xlabel(x)
+        axis.set_ylabel("training loss")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,108 @@
+"""psyche compare: settings at their best learning rate, one report, resumable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import psyche_distro.plugin
+from psyche_core.cli import main
+from psyche_core.compare import run_scores
+from psyche_core.plugins import Plugins
+from tests.core import toy_plugin
+
+BASE = [
+    "compare",
+    "--model",
+    "toy",
+    "--data-provider",
+    "toy",
+    "--sequence-length",
+    "12",
+    "--total-batch",
+    "4",
+    "--steps",
+    "6",
+    "--warmup-steps",
+    "1",
+    "--seed",
+    "1",
+]
+
+
+@pytest.fixture
+def plugins():
+    return Plugins.load(entry_points=False, extra=[toy_plugin, psyche_distro.plugin])
+
+
+def compare(plugins, capsys, *args):
+    try:
+        main([*BASE, *args], plugins=plugins)
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_compare_keeps_each_settings_best_lr_and_writes_the_report(plugins, capsys, tmp_path):
+    out = tmp_path / "report"
+    args = ["adamw", "distro:topk=2,chunk=4", "--lr-sweep", "1e-3,3e-2", "--out", str(out)]
+    held_out = ["--eval-every", "3", "--eval-holdout", "8"]
+    code, stdout, err = compare(plugins, capsys, *args, *held_out)
+    assert code == 0, err
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == [
+        "adamw@0.001.jsonl",
+        "adamw@0.03.jsonl",
+        "distro-topk=2_chunk=4@0.001.jsonl",
+        "distro-topk=2_chunk=4@0.03.jsonl",
+    ]
+    summary = {row["setting"]: row for row in json.loads((out / "summary.json").read_text())}
+    for setting, slug in (("adamw", "adamw"), ("distro:topk=2,chunk=4", "distro-topk=2_chunk=4")):
+        held = {}
+        for rate in ("0.001", "0.03"):
+            rows = [json.loads(x) for x in (out / "runs" / f"{slug}@{rate}.jsonl").open()]
+            held[float(rate)] = run_scores(rows)["val_loss"]
+        assert summary[setting]["learning_rate"] == min(held, key=held.get)
+        assert summary[setting]["val_loss"] == min(held.values())
+    # DisTrO sends far fewer bytes than AdamW's dense gradient; AdamW's compression is 1x
+    assert summary["adamw"]["compression"] == pytest.approx(1.0)
+    assert summary["distro:topk=2,chunk=4"]["compression"] > 1.5
+    report = (out / "report.md").read_text()
+    assert "| `adamw` |" in report and "held-out loss" in report
+    assert (out / "curves.png").stat().st_size > 1000
+    assert "report:" in stdout
+
+    # a second run refuses the folder, --resume trains nothing again
+    code, _, err = compare(plugins, capsys, *args, *held_out)
+    assert code == 1 and "holds a compare report already; pass --resume" in err
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    code, _, err = compare(plugins, capsys, *args, *held_out, "--resume")
+    assert code == 0, err
+    assert err.count("done already") == 4 and "training" not in err
+    assert before == {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["distro:topk=abc"], "compression-topk = 'abc' is not an integer"),
+        (["adamw:chunk=4"], "unknown adamw key 'chunk'"),
+        (["adamx"], "unknown optimizer 'adamx'; did you mean 'adamw'?"),
+        (["adamw", "--lr-sweep", "1e-3,-1"], "every learning rate must be positive"),
+        (["adamw", "--lr-sweep", "1e-3,x"], "'x' is not a number"),
+    ],
+)
+def test_bad_settings_are_one_clear_line(plugins, capsys, tmp_path, args, message):
+    code, _, err = compare(plugins, capsys, *args, "--out", str(tmp_path / "r"))
+    assert code == 1 and message in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_folder_that_is_not_a_compare_is_refused(plugins, capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    code, _, err = compare(plugins, capsys, "adamw", "--out", str(tmp_path))
+    assert code == 1 and "is not empty and holds no psyche compare" in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
