@@ -162,14 +162,16 @@ RESULTS = ROOT / "benchmarks" / "results" / "faults.json"
 def summarise(results: list[dict], expected: float, started: float, planned: int) -> dict:
     return {
         "benchmark": "faults",
-        "command": "python " + " ".join([f"benchmarks/{Path(__file__).name}", *sys.argv[1:]]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "loadavg": os.getloadavg(),
-            "note": "shared machine (other agents running); timings are not the point here",
+        "recorded": {
+            "command": "python " + " ".join([f"benchmarks/{Path(__file__).name}", *sys.argv[1:]]),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "loadavg": os.getloadavg(),
+                "note": "shared machine (other agents running); timings are not the point here",
+            },
         },
         "total_steps": TOTAL_STEPS,
         "expected_final_loss": expected,
