@@ -325,6 +325,8 @@ def bound_problem(spec: OptionSpec, value: Any) -> str | None:
         if bound is not None and not ok:
             if bound == 0 and bound is spec.above:
                 return "must be positive"
+            if bound == 0 and bound is spec.min:
+                return "must be >= 0"
             return rule.format(f"{bound:g}")
     return None
 
