@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ STEP_DIR = re.compile(r"^step-(\d{6,})$")
 TRAINER_FILE = "trainer.json"
 RUN_FILE = "run.json"
 MANIFEST_FILE = "manifest.json"
-STAGING = re.compile(r"^\.step-\d{6,}\.(tmp|old)-")
+STAGING = re.compile(r"^\.+step-\d{6,}\.(tmp|old)-")
 STATE_KEY = "psyche_state"
 
 
@@ -271,21 +272,28 @@ def write(
     }
     for rank, data in enumerate(peer_states):
         extra[peer_file_name(rank)] = data
-    config = model.config.to_dict()
-    config["torch_dtype"] = hf.dtype_name(next(model.parameters()).dtype)
     if not emergency:
         remove_stale_staging(root)
         if target.exists():
             # A step folder from an earlier attempt at this run: set it aside, replace it whole.
             os.replace(target, root / f".{target.name}.old-{os.getpid()}-{time.time_ns()}")
-    hf.save_checkpoint(
-        target,
-        config,
-        model.hf_state_dict(),
-        extra_files=extra,
-        finish=write_manifest,
-        replace=False,
-    )
+    # The model's own save_pretrained (a plugin's may add files, e.g. generation_config.json)
+    # writes a staging folder; the manifest goes in last, then one rename publishes it.
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
+    try:
+        model.save_pretrained(staging, extra_files=extra)
+        write_manifest(staging)
+        hf.fsync_tree(staging)
+        try:
+            os.rename(staging, target)  # atomic; fails if another peer's copy got there first
+        except OSError:
+            if not (emergency and target.is_dir()):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if not emergency:
         remove_stale_staging(root)
         if keep_last is not None:

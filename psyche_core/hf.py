@@ -196,7 +196,7 @@ def save_checkpoint(
         if replace:
             replace_directory(staging, target)
         else:
-            _fsync_tree(staging)
+            fsync_tree(staging)
             try:
                 os.rename(staging, target)  # atomic; fails if another writer got there first
             except OSError:
@@ -216,7 +216,7 @@ def replace_directory(staging: Path, target: Path) -> None:
     file) keeps it: the new files are moved in one by one and stale weight files removed, so a
     save never deletes a file it did not write.
     """
-    _fsync_tree(staging)
+    fsync_tree(staging)
     if target.is_dir() and any(target.iterdir()):
         new = {p.name for p in staging.iterdir()}
         for path in staging.iterdir():
@@ -235,7 +235,7 @@ def replace_directory(staging: Path, target: Path) -> None:
         os.replace(staging, target)
 
 
-def _fsync_tree(directory: Path) -> None:
+def fsync_tree(directory: Path) -> None:
     for path in directory.iterdir():
         if path.is_file():
             with open(path, "rb") as f:
