@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,15 +154,11 @@ def save_checkpoint(
     state_dict: Mapping[str, torch.Tensor],
     max_shard_size: int | None = None,
     extra_files: Mapping[str, str | bytes] | None = None,
-    finish: Callable[[Path], None] | None = None,
-    replace: bool = True,
 ) -> Path:
     """Write config.json + safetensors (sharded above ``max_shard_size`` bytes) atomically.
 
     The files go to a temporary directory beside ``directory`` that replaces it at the end;
-    an existing checkpoint stays intact until the new one is complete. ``finish(staging)``
-    runs last, before the move (a checksum manifest). With ``replace=False`` an existing
-    ``directory`` wins and the new files are discarded (two peers saving the same step).
+    an existing checkpoint stays intact until the new one is complete.
     """
     from safetensors.torch import save_file
 
@@ -191,18 +187,7 @@ def save_checkpoint(
             mode = "wb" if isinstance(content, bytes) else "w"
             with open(staging / name, mode) as f:
                 f.write(content)
-        if finish is not None:
-            finish(staging)
-        if replace:
-            replace_directory(staging, target)
-        else:
-            fsync_tree(staging)
-            try:
-                os.rename(staging, target)  # atomic; fails if another writer got there first
-            except OSError:
-                if not target.is_dir():
-                    raise
-                shutil.rmtree(staging, ignore_errors=True)
+        replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
