@@ -9,15 +9,24 @@
 - ``trainer.json``: the last completed step, tokens seen, world size;
 - ``run.json``: the run record (every option, plugin names and versions, psyche version).
 
+- ``manifest.json``, written last: size and SHA-256 of every other file.
+
 A checkpoint is written to a temporary directory and renamed into place, so an interrupted write
-never leaves a partial checkpoint under a step name; ``--keep-last K`` then prunes older ones.
+never leaves a partial checkpoint under a step name; ``--keep-last K`` prunes older ones only
+after the new one is complete. ``--resume`` checks the manifest, so a flipped byte or a
+truncated copy is named instead of trained on; staging folders left by an interrupted write are
+removed at the next save.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
+import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +40,8 @@ FORMAT = 1
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 TRAINER_FILE = "trainer.json"
 RUN_FILE = "run.json"
+MANIFEST_FILE = "manifest.json"
+STAGING = re.compile(r"^\.+step-\d{6,}\.(tmp|old)-")
 STATE_KEY = "psyche_state"
 
 
@@ -51,17 +62,89 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     return [p for _, p in sorted(found) if (p / TRAINER_FILE).is_file()]
 
 
-def find_checkpoint(path: str | Path) -> Path:
-    """``path`` itself if it is a checkpoint, else the latest checkpoint inside it."""
+def find_checkpoint(path: str | Path, latest_valid: bool = False) -> Path:
+    """``path`` itself if it is a checkpoint, else the newest checkpoint inside it; either way
+    verified against its manifest. A damaged newest checkpoint is named with the newest intact
+    one, which ``latest_valid`` picks instead."""
     path = Path(path)
     if (path / TRAINER_FILE).is_file():
-        return path
-    if not path.exists():
+        candidates = [path]
+        older = [p for p in list_checkpoints(path.parent) if _step(p) < _step(path)]
+    elif not path.exists():
         raise PsycheError(f"--resume {path}: no such directory")
-    found = list_checkpoints(path)
-    if not found:
-        raise PsycheError(f"--resume {path}: no checkpoint here (expected step-NNNNNN folders)")
-    return found[-1]
+    else:
+        found = list_checkpoints(path)
+        if not found:
+            raise PsycheError(f"--resume {path}: no checkpoint here (expected step-NNNNNN folders)")
+        candidates, older = found[-1:], found[:-1]
+    problem = verify(candidates[0])
+    if problem is None:
+        return candidates[0]
+    intact = next((p for p in reversed(older) if verify(p) is None), None)
+    if intact is not None and latest_valid:
+        return intact
+    hint = (
+        f"; the newest intact one is {intact}: resume from it (--resume {intact}, or add "
+        "--resume-latest-valid)"
+        if intact is not None
+        else "; no older intact checkpoint is there"
+    )
+    raise PsycheError(f"--resume: checkpoint {candidates[0]} is damaged ({problem}){hint}")
+
+
+def _step(path: Path) -> int:
+    match = STEP_DIR.match(path.name)
+    return int(match.group(1)) if match else -1
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()  # hashlib.file_digest needs Python 3.11
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Size and SHA-256 of every file in ``folder``; written last, so its presence means the
+    rest was written completely."""
+    files = {
+        p.name: {"size": p.stat().st_size, "sha256": file_digest(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST_FILE
+    }
+    (folder / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=2))
+
+
+def verify(path: str | Path) -> str | None:
+    """What is wrong with the checkpoint at ``path`` (``None``: every file matches its
+    manifest)."""
+    path = Path(path)
+    try:
+        listed = json.loads((path / MANIFEST_FILE).read_text())["files"]
+    except FileNotFoundError:
+        return f"{MANIFEST_FILE} is missing; it is incomplete"
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return f"{MANIFEST_FILE} is damaged"
+    for name, expected in listed.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != expected["size"]:
+            return f"{name} has {file.stat().st_size} bytes, the manifest says {expected['size']}"
+        if file_digest(file) != expected["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def remove_stale_staging(root: Path, older_than_s: float = 0.0) -> None:
+    """Staging folders of writes that were interrupted (a killed run) go at the next save."""
+    if not root.is_dir():
+        return
+    now = time.time()
+    for entry in root.iterdir():
+        if STAGING.match(entry.name) and now - entry.stat().st_mtime >= older_than_s:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 # -- state dicts <-> safetensors ---------------------------------------------------------------
@@ -171,17 +254,50 @@ def write(
     trainer: dict[str, Any],
     run: dict[str, Any],
     keep_last: int | None = None,
+    emergency: bool = False,
 ) -> Path:
-    """Write ``root/step-NNNNNN`` atomically (model + peer states + records); prune old ones."""
-    target = Path(root) / step_dir_name(step)
+    """Write ``root/step-NNNNNN`` atomically (model + peer states + records + manifest), then
+    prune old ones.
+
+    ``emergency``: written by a surviving peer after a fatal error, perhaps by several peers
+    at once; the first complete one wins, nothing is pruned or cleaned.
+    """
+    from psyche_core import hf
+
+    root = Path(root)
+    target = root / step_dir_name(step)
     extra: dict[str, str | bytes] = {
         TRAINER_FILE: json.dumps({**trainer, "format": FORMAT, "step": step}, indent=2),
         RUN_FILE: json.dumps(run, indent=2, sort_keys=True),
     }
     for rank, data in enumerate(peer_states):
         extra[peer_file_name(rank)] = data
-    model.save_pretrained(target, extra_files=extra)
-    if keep_last:
-        for old in list_checkpoints(root)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+    if not emergency:
+        remove_stale_staging(root)
+        if target.exists():
+            # A step folder from an earlier attempt at this run: set it aside, replace it whole.
+            os.replace(target, root / f".{target.name}.old-{os.getpid()}-{time.time_ns()}")
+    # The model's own save_pretrained (a plugin's may add files, e.g. generation_config.json)
+    # writes a staging folder; the manifest goes in last, then one rename publishes it.
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
+    try:
+        model.save_pretrained(staging, extra_files=extra)
+        write_manifest(staging)
+        hf.fsync_tree(staging)
+        try:
+            os.rename(staging, target)  # atomic; fails if another peer's copy got there first
+        except OSError:
+            if not (emergency and target.is_dir()):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not emergency:
+        remove_stale_staging(root)
+        if keep_last is not None:
+            for old in list_checkpoints(root)[:-keep_last]:
+                if old != target:
+                    shutil.rmtree(old, ignore_errors=True)
     return target

@@ -16,12 +16,14 @@ raises :class:`~psyche_core.comm.PeerFailure` instead of waiting forever.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import multiprocessing
 import os
 import pickle
 import queue as queue_module
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +34,8 @@ import torch.distributed as dist
 
 from psyche_core.comm import Communicator, PeerFailure
 from psyche_core.errors import PsycheError
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def launched_by_torchrun() -> bool:
@@ -126,9 +130,12 @@ def _worker(
     fn: Callable[[Communicator, Any], Any],
     payload: Any,
     results: Any,
+    parent_pid: int | None = None,
 ) -> None:
     # The parent forwards SIGTERM; Ctrl-C reaches the whole process group and is handled by the
     # training loop, which stops every peer after the same step.
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     comm = None
     try:
         store = dist.TCPStore(
@@ -164,6 +171,38 @@ def _worker(
             comm.close()
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """End this worker the moment its launcher is gone (even by ``kill -9``), so no orphan goes
+    on training and writes a model the user no longer expects.
+
+    Linux delivers SIGKILL on the parent's death (``PR_SET_PDEATHSIG``); elsewhere a watchdog
+    thread polls the parent pid. Either way the check below covers a parent that died before
+    this process got here."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            _start_parent_watchdog(parent_pid)
+    else:
+        _start_parent_watchdog(parent_pid)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def parent_alive(parent_pid: int) -> bool:
+    return os.getppid() == parent_pid
+
+
+def _start_parent_watchdog(parent_pid: int) -> None:
+    def watch() -> None:
+        while parent_alive(parent_pid):
+            time.sleep(0.2)
+        os._exit(1)  # no cleanup, no final save: the run's owner is gone
+
+    threading.Thread(target=watch, name="psyche-parent-watchdog", daemon=True).start()
+
+
 def spawn_peers(
     world_size: int,
     backend: str,
@@ -191,7 +230,17 @@ def spawn_peers(
     processes = [
         ctx.Process(
             target=_worker,
-            args=(rank, world_size, store.port, backend, timeout, fn, payload, results),
+            args=(
+                rank,
+                world_size,
+                store.port,
+                backend,
+                timeout,
+                fn,
+                payload,
+                results,
+                os.getpid(),
+            ),
             name=f"psyche-peer-{rank}",
         )
         for rank in range(world_size)
@@ -265,13 +314,16 @@ def _unpack(outcomes: dict[int, tuple[str, Any]], world: int) -> list[Any]:
     hung = [r for r, (k, _) in sorted(outcomes.items()) if k == "hung"]
     psyche_errors = [(r, v) for r, (k, v) in sorted(outcomes.items()) if k == "psyche-error"]
     crashes = [(r, v) for r, (k, v) in sorted(outcomes.items()) if k == "error"]
+    # Lines after a survivor's error line say where its emergency checkpoint went.
+    notes = list(dict.fromkeys(line for _, text in psyche_errors for line in text.splitlines()[1:]))
+    tail = "".join(f"\n{note}" for note in notes)
     if crashes:
         rank, text = crashes[0]
-        raise RuntimeError(f"peer {rank} crashed:\n{text}")
+        raise RuntimeError(f"peer {rank} crashed:\n{text}{tail}")
     if died:
         rank, code = died[0]
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        raise PeerFailure(f"peer {rank} of {world} died ({how}); the run stopped")
+        raise PeerFailure(f"peer {rank} of {world} died ({how}); the run stopped{tail}")
     if hung and not psyche_errors:
         raise PeerFailure(f"peer {hung[0]} of {world} stopped answering; the run stopped")
     if psyche_errors:

@@ -197,11 +197,12 @@ def save_checkpoint(
 def replace_directory(staging: Path, target: Path) -> None:
     """Move a finished ``staging`` directory to ``target``, replacing what was there.
 
-    A target holding sub-directories (a save path with step-NNNNNN checkpoints) keeps them: the
-    new files are moved in one by one and stale weight files removed.
+    A target that already holds anything (a save path with step-NNNNNN checkpoints, a metrics
+    file) keeps it: the new files are moved in one by one and stale weight files removed, so a
+    save never deletes a file it did not write.
     """
-    _fsync_tree(staging)
-    if target.is_dir() and any(p.is_dir() for p in target.iterdir()):
+    fsync_tree(staging)
+    if target.is_dir() and any(target.iterdir()):
         new = {p.name for p in staging.iterdir()}
         for path in staging.iterdir():
             os.replace(path, target / path.name)
@@ -219,7 +220,7 @@ def replace_directory(staging: Path, target: Path) -> None:
         os.replace(staging, target)
 
 
-def _fsync_tree(directory: Path) -> None:
+def fsync_tree(directory: Path) -> None:
     for path in directory.iterdir():
         if path.is_file():
             with open(path, "rb") as f:

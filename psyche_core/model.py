@@ -10,6 +10,7 @@ implements ``forward`` and, if its init differs from the HF default, ``init_weig
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,8 @@ class ModelConfig:
 
     model_type: ClassVar[str] = ""
     architectures: ClassVar[tuple[str, ...]] = ()
+    # Sizes that must be integers >= 1 (checked before ``__post_init__`` divides by them).
+    positive_fields: ClassVar[tuple[str, ...]] = ()
 
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
@@ -59,10 +62,40 @@ class ModelConfig:
             for k, v in data.items()
             if k not in names and k not in _FILE_FIELDS and k not in ("model_type", "architectures")
         }
+        name = cls.model_type or cls.__name__
+        problem = cls.check_values(known)
+        if problem is not None:
+            raise PsycheError(f"invalid {name} config: {problem}")
         try:
-            return cls(**known, extra=extra)
-        except (TypeError, ValueError) as exc:
-            raise PsycheError(f"invalid {cls.model_type or cls.__name__} config: {exc}") from None
+            config = cls(**known, extra=extra)
+            problem = config.validate()
+        except (TypeError, ValueError, ZeroDivisionError) as exc:
+            raise PsycheError(f"invalid {name} config: {exc}") from None
+        if problem is not None:
+            raise PsycheError(f"invalid {name} config: {problem}")
+        return config
+
+    @classmethod
+    def check_values(cls, values: Mapping[str, Any]) -> str | None:
+        """The first field-level mistake in ``values`` (declared fields only): a non-finite
+        number, or a size in ``positive_fields`` that is not an integer >= 1."""
+        for key, value in values.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                return f"{key} must be a finite number, got {value}"
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        for key in cls.positive_fields:
+            value = values.get(key, defaults.get(key))
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                return f"{key} must be an integer >= 1, got {value!r}"
+        return None
+
+    def validate(self) -> str | None:
+        """What transformers would refuse in this config, as one line naming the field (the
+        relations between fields); ``None`` when it is fine. Psyche never writes a checkpoint
+        transformers cannot load, so models override this with their architecture's rules."""
+        return None
 
     def __getattr__(self, name: str) -> Any:
         # Fields a subclass does not declare (bos_token_id, tokenizer ids, newer HF fields) are

@@ -8,6 +8,7 @@ defaults < ``--config run.toml`` < flags given on the command line.
 from __future__ import annotations
 
 import difflib
+import math
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -54,15 +55,22 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
         None,
         "HTTP source: a URL, comma-separated URLs, a template with {} or a HF dataset repo id.",
     ),
-    OptionSpec("sequence-length", int, 256, "Tokens per training sequence (Psyche: 2048)."),
-    OptionSpec("token-size", int, 2, "Bytes per token in the data files: 2 or 4."),
-    OptionSpec("total-batch", int, 16, "Sequences per global step, over all peers (Psyche: 256)."),
+    OptionSpec("sequence-length", int, 256, "Tokens per training sequence (Psyche: 2048).", min=2),
+    OptionSpec("token-size", int, 2, "Bytes per token in the data files: 2 or 4.", min=2, max=4),
+    OptionSpec(
+        "total-batch",
+        int,
+        16,
+        "Sequences per global step, over all peers (Psyche: 256).",
+        min=1,
+    ),
     OptionSpec(
         "micro-batch",
         int,
         None,
         "Sequences per forward/backward; gradients accumulate over the rest of a peer's "
         "share. Default: the whole share at once (Psyche: 8).",
+        min=1,
     ),
     OptionSpec(
         "optimizer",
@@ -70,14 +78,26 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
         None,
         "Optimizer name (adamw, or a plugin's: distro); default adamw.",
     ),
-    OptionSpec("learning-rate", float, 4e-4, "Peak learning rate."),
-    OptionSpec("warmup-steps", int, 20, "Linear warmup steps from 0 (Psyche: 500)."),
+    OptionSpec("learning-rate", float, 4e-4, "Peak learning rate.", above=0),
+    OptionSpec("warmup-steps", int, 20, "Linear warmup steps from 0 (Psyche: 500).", min=0),
     OptionSpec(
         "total-steps",
         int,
         500,
         "Steps of the cosine schedule and of the run; it ends at learning-rate / 10 "
         "(Psyche: 25000).",
+        min=1,
+    ),
+    OptionSpec("beta1", float, 0.9, "AdamW beta1.", min=0, below=1),
+    OptionSpec("beta2", float, 0.95, "AdamW beta2.", min=0, below=1),
+    OptionSpec("weight-decay", float, 0.1, "Decoupled weight decay (AdamW and DisTrO).", min=0),
+    OptionSpec("eps", float, 1e-8, "AdamW epsilon.", above=0),
+    OptionSpec(
+        "max-grad-norm",
+        float,
+        1.0,
+        "Clip the global gradient norm to this; 0 disables.",
+        min=0,
     ),
     OptionSpec(
         "lr-schedule",
@@ -94,11 +114,6 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
         "wsd: steps of the final decay (default: a fifth of the steps after warmup).",
     ),
     OptionSpec("decay-type", DECAY_TYPES, "linear", "wsd: shape of the final decay."),
-    OptionSpec("beta1", float, 0.9, "AdamW beta1."),
-    OptionSpec("beta2", float, 0.95, "AdamW beta2."),
-    OptionSpec("weight-decay", float, 0.1, "Decoupled weight decay (AdamW and DisTrO)."),
-    OptionSpec("eps", float, 1e-8, "AdamW epsilon."),
-    OptionSpec("max-grad-norm", float, 1.0, "Clip the global gradient norm to this; 0 disables."),
     OptionSpec(
         "grad-accum-in-fp32",
         bool,
@@ -149,15 +164,30 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
         None,
         "Seed for random init and the data shuffle; the same seed repeats a CPU run bit "
         "for bit. Without it data is read in order and random init uses seed 0.",
+        min=0,
     ),
-    OptionSpec("start-step", int, 1, "First global step to run (its samples and its LR)."),
-    OptionSpec("save-path", str, None, "Directory to write the final model to (HF format)."),
+    OptionSpec("start-step", int, 1, "First global step to run (its samples and its LR).", min=1),
+    OptionSpec(
+        "save-path",
+        str,
+        None,
+        "Directory to write checkpoints and the final model to (HF format): a new or empty "
+        "folder, or one holding a psyche run.",
+    ),
+    OptionSpec(
+        "overwrite",
+        bool,
+        False,
+        "Allow --save-path to name a folder that holds another psyche run (its files are "
+        "replaced); folders psyche did not write are refused regardless.",
+    ),
     OptionSpec(
         "data-parallelism",
         int,
         1,
         "Number of data-parallel peers started on this machine (under torchrun: the world "
         "size torchrun gives).",
+        min=1,
     ),
     OptionSpec(
         "dp-backend",
@@ -172,6 +202,8 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
         300.0,
         "Seconds a peer waits for the others in a collective before the run stops with an "
         "error (a dead or hung peer).",
+        above=0,
+        max=1e7,
     ),
     OptionSpec(
         "checkpoint-every",
@@ -179,8 +211,15 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
         0,
         "Write a resumable checkpoint to SAVE_PATH/step-NNNNNN every this many steps (0: only "
         "when stopped by a signal, if --save-path is set).",
+        min=0,
     ),
-    OptionSpec("keep-last", int, None, "Keep only the newest this many checkpoints."),
+    OptionSpec(
+        "keep-last",
+        int,
+        None,
+        "Keep only the newest this many checkpoints (at least 1; default: all).",
+        min=1,
+    ),
     OptionSpec(
         "resume",
         str,
@@ -189,11 +228,19 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
         "the run's recorded options are the defaults.",
     ),
     OptionSpec(
+        "resume-latest-valid",
+        bool,
+        False,
+        "With --resume SAVE_PATH: when the newest checkpoint is damaged or incomplete, continue "
+        "from the newest intact one (without it psyche stops and names both).",
+    ),
+    OptionSpec(
         "eval-every",
         int,
         0,
         "Every this many steps (and at the last), report the held-out loss val_loss and "
         "val_ppl; needs --eval-holdout or --eval-data-path/--eval-data-url. 0: never.",
+        min=0,
     ),
     OptionSpec(
         "eval-holdout",
@@ -201,6 +248,7 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
         0,
         "Hold out the last this many sequences of the training data (never trained on) "
         "for --eval-every.",
+        min=0,
     ),
     OptionSpec(
         "eval-data-path",
@@ -220,6 +268,7 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
         None,
         "Score this many total batches of --eval-data-path/--eval-data-url (default: all "
         "of it); a holdout is always scored whole.",
+        min=1,
     ),
     OptionSpec(
         "optim-stats",
@@ -299,6 +348,47 @@ def collect_option_specs(extra: Iterable[tuple[str, OptionSpec]]) -> list[Option
             )
         specs[spec.key] = (owner, spec)
     return [spec for _, spec in specs.values()]
+
+
+# ints beyond this cannot reach torch, numpy or a file offset intact
+INT_LIMIT = 2**63 - 1
+
+
+def bound_problem(spec: OptionSpec, value: Any) -> str | None:
+    """Why ``value`` is out of ``spec``'s range (``None`` when it is fine)."""
+    if value is None or spec.type not in (int, float) or isinstance(value, bool):
+        return None
+    if not isinstance(value, (int, float)):
+        return None  # wrong types are reported by ``coerce``
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if abs(value) > INT_LIMIT:
+        return f"must be at most {INT_LIMIT:.3g} in size"
+    rules = (
+        (spec.min, value >= (spec.min or 0), "must be at least {}"),
+        (spec.above, value > (spec.above or 0), "must be greater than {}"),
+        (spec.max, value <= (spec.max or 0), "must be at most {}"),
+        (spec.below, value < (spec.below or 0), "must be less than {}"),
+    )
+    for bound, ok, rule in rules:
+        if bound is not None and not ok:
+            if bound == 0 and bound is spec.above:
+                return "must be positive"
+            if bound == 0 and bound is spec.min:
+                return "must be >= 0"
+            return rule.format(f"{bound:g}")
+    return None
+
+
+def check_bounds(specs: Iterable[OptionSpec], options: Mapping[str, Any]) -> None:
+    """Every numeric option in range, one line per mistake (all of them at once)."""
+    problems = []
+    for spec in specs:
+        problem = bound_problem(spec, options.get(spec.key))
+        if problem is not None:
+            problems.append(f"--{spec.name} {problem}, got {options.get(spec.key)!r}")
+    if problems:
+        raise PsycheError("\n".join(problems))
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@ peers, train, save."""
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
@@ -93,7 +94,9 @@ def run_peer(
         if eval_data is not None:
             eval_data.close()
     if comm.rank == 0 and options.save_path and not summary.get("stopped"):
-        model.save_pretrained(options.save_path)
+        # The run record at the top marks the folder as a psyche run (see psyche_core.paths).
+        record = json.dumps(plan.record, indent=2, sort_keys=True)
+        model.save_pretrained(options.save_path, extra_files={checkpoint.RUN_FILE: record})
         summary["saved"] = options.save_path
     return summary
 

@@ -8,6 +8,7 @@ torchrun rank), and peers build from it without resolving or checking anything a
 from __future__ import annotations
 
 import datetime
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,11 @@ from typing import Any
 
 import torch
 
-from psyche_core import checkpoint, hf
+from psyche_core import checkpoint, hf, paths
 from psyche_core.compiling import resolve_compile
 from psyche_core.errors import PsycheError
 from psyche_core.flops import peak_flops
-from psyche_core.options import Options, resolve
+from psyche_core.options import Options, all_option_specs, check_bounds, resolve
 from psyche_core.plugins import Plugins
 from psyche_core.precision import Precision, resolve_precision
 from psyche_core.resolve import (
@@ -48,7 +49,9 @@ RUN_DEFINING = (
 )
 
 # Options that may differ between peers without changing what is trained.
-PER_PEER_OPTIONS = frozenset({"device", "metrics", "save_path", "tensorboard", "wandb_project"})
+PER_PEER_OPTIONS = frozenset(
+    {"device", "metrics", "save_path", "overwrite", "tensorboard", "wandb_project"}
+)
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,12 @@ def resolve_run_options(
         return options
     if "start_step" in command_line:
         raise PsycheError("--resume and --start-step both pick the first step; give only one")
-    found = checkpoint.read(checkpoint.find_checkpoint(options.resume))
-    recorded = found.run.get("options", {})
+    found = checkpoint.read(checkpoint.find_checkpoint(options.resume, options.resume_latest_valid))
+    recorded = dict(found.run.get("options", {}))
+    run_folder = found.path.resolve().parent  # step-NNNNNN sits in the run's save path
+    for key in found.run.get("run_relative", ()):
+        if recorded.get(key):
+            recorded[key] = str(run_folder / recorded[key])
     merged = resolve(specs, command_line, toml_path, base=recorded)
     for key in RUN_DEFINING:
         if key in recorded and merged[key] != recorded[key]:
@@ -113,21 +120,10 @@ def resolve_run_options(
     return merged.replace(resume=str(found.path), start_step=found.step + 1)
 
 
-def check_numbers(options: Options) -> None:
-    rules = [
-        ("learning-rate", options.learning_rate > 0, "must be positive"),
-        ("warmup-steps", options.warmup_steps >= 0, "must be >= 0"),
-        ("total-steps", options.total_steps >= 1, "must be at least 1"),
-        ("sequence-length", options.sequence_length >= 2, "must be at least 2"),
-        ("max-grad-norm", options.max_grad_norm >= 0, "must be >= 0 (0 disables clipping)"),
-        ("data-parallelism", options.data_parallelism >= 1, "must be at least 1"),
-        ("start-step", options.start_step >= 1, "must be at least 1"),
-        ("eval-every", options.eval_every >= 0, "must be >= 0 (0: never)"),
-        ("eval-holdout", options.eval_holdout >= 0, "must be >= 0"),
-    ]
-    for flag, ok, rule in rules:
-        if not ok:
-            raise PsycheError(f"--{flag} {rule}, got {options[flag]}")
+def check_numbers(options: Options, specs: Sequence[OptionSpec]) -> None:
+    """Every number in range (bounds declared on each option's spec), then the rules that
+    relate two options."""
+    check_bounds(specs, options)
     if options.start_step > options.total_steps:
         raise PsycheError(
             f"--start-step {options.start_step} is past --total-steps {options.total_steps}"
@@ -139,9 +135,30 @@ def check_numbers(options: Options) -> None:
         )
 
 
+# Reporter options that name files or folders the run writes (core's built-in reporters).
+OUTPUT_FILES = ("metrics",)
+OUTPUT_DIRS = ("tensorboard",)
+
+
+def check_outputs(options: Options) -> None:
+    """Every place the run will write is usable before step 1, not after training."""
+    if options.save_path:
+        paths.check_save_path(options.save_path, options.overwrite, options.resume)
+    for key in OUTPUT_FILES:
+        if options.get(key):
+            paths.check_file_writable(key, options[key])
+    for key in OUTPUT_DIRS:
+        if options.get(key):
+            paths.check_writable(key, Path(options[key]))
+    if "wandb_project" in options and options.wandb_project:
+        # W&B keeps its files under WANDB_DIR, else the working directory.
+        paths.check_writable("wandb-project", Path(os.environ.get("WANDB_DIR", ".")))
+
+
 def make_plan(options: Options, plugins: Plugins, world_size: int) -> RunPlan:
     """Resolve and check every user-facing choice of a run of ``world_size`` peers."""
-    check_numbers(options)
+    check_numbers(options, all_option_specs(plugins))
+    check_outputs(options)
     device = resolve_device(options.device)
     plan_batches(options.total_batch, options.micro_batch, world_size)
     resume = None
@@ -265,9 +282,13 @@ def run_record(
     """What a checkpoint records about the run that wrote it."""
     from psyche_core import __version__
 
+    # What a resumed run must not inherit: where it resumed from, and one-off permissions.
+    one_off = ("resume", "start_step", "overwrite", "resume_latest_valid")
+    recorded = {k: v for k, v in options.items() if k not in one_off}
     return {
         "psyche_version": __version__,
-        "options": {k: v for k, v in options.items() if k not in ("resume", "start_step")},
+        "options": recorded,
+        "run_relative": relative_to_run(recorded),
         "model": {"label": model.label, "spec": model.spec.name},
         "optimizer": optimizer.name,
         "data_provider": data.name,
@@ -275,6 +296,29 @@ def run_record(
         "plugins": {i.name: i.version for i in plugins.infos if i.error is None},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+# Options naming paths that usually live inside the run folder (the save path itself).
+RUN_PATH_OPTIONS = ("save_path", "metrics", "tensorboard")
+
+
+def relative_to_run(recorded: dict[str, Any]) -> list[str]:
+    """Rewrite (in place) the path options inside the save path as paths relative to it, so a
+    copied or moved run resumes into itself; returns the keys rewritten."""
+    if not recorded.get("save_path"):
+        return []
+    folder = Path(recorded["save_path"]).resolve()
+    rewritten = []
+    for key in RUN_PATH_OPTIONS:
+        value = recorded.get(key)
+        if not value:
+            continue
+        try:
+            recorded[key] = str(Path(value).resolve().relative_to(folder))
+        except ValueError:
+            continue  # outside the run folder: kept as given
+        rewritten.append(key)
+    return rewritten
 
 
 def config_fingerprint(options: Options, plugins: Plugins) -> dict[str, Any]:

@@ -69,6 +69,11 @@ class OptionSpec:
     tuple of allowed strings. ``cli=False`` makes
     an option that only a TOML file can set (for lists and tables). ``flag_value``: what the
     flag means given without a value (``--compile`` alone is ``--compile on``).
+
+    ``min`` / ``max`` bound a number (inclusive); ``above`` / ``below`` are exclusive bounds
+    (a timeout or learning rate must be > 0, a beta < 1). Numbers are always checked for
+    finiteness, and ints for fitting in 63 bits, by
+    :func:`psyche_core.options.check_bounds`, before step 1.
     """
 
     name: str
@@ -77,6 +82,10 @@ class OptionSpec:
     help: str = ""
     cli: bool = True
     flag_value: Any = None
+    min: float | None = None
+    max: float | None = None
+    above: float | None = None
+    below: float | None = None
 
     @property
     def key(self) -> str:

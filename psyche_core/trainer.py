@@ -128,6 +128,8 @@ class Trainer:
         if self.train_sequences < 1:
             raise PsycheError(f"the data provider has no sequences ({data.describe()})")
         self.next_step = config.start_step
+        # The step the weights and optimizer state reflect; None while they are changing.
+        self.state_step: int | None = config.start_step - 1
         self.tokens_seen = 0
         self.stop_agreed = False  # set when any peer asked to stop; all peers see it together
         self.flops_per_token: float | None = None  # known once the first batch's length is
@@ -169,31 +171,43 @@ class Trainer:
         optimizer_s = time.perf_counter() - optimizer_started
         try:
             local_loss, tokens = self._forward_backward(samples)
+            # One small all-reduce carries what peers must agree on before anything changes:
+            # a non-finite loss stops every peer with the weights of the last completed step.
+            shared = torch.tensor([local_loss, float(stop_requested)], dtype=torch.float64)
+            with self.comm.uncounted():
+                self.comm.all_reduce_mean_([shared])
+            loss, stop = shared.tolist()
+            if not math.isfinite(loss):
+                raise PsycheError(
+                    f"loss is {loss} at step {step}; lower --learning-rate or check the data"
+                )
+            # the optimizer's share of the step: its lookahead, exchange, clipping and update
+            optimizer_started = time.perf_counter()
+            params = self.optimizer.params
+            if self.optimizer.averages_gradients:
+                grads = [p.grad for p in params if p.grad is not None]
+                self.comm.all_reduce_mean_(grads)
+            norm = clip_grad_norm_(params, self.config.max_grad_norm)
         except BaseException:
             self.optimizer.abort_step(ctx)
+            self.optimizer.zero_grad()
             raise
-        # the optimizer's share of the step: its lookahead, exchange, clipping and update
-        optimizer_started = time.perf_counter()
-        params = self.optimizer.params
-        if self.optimizer.averages_gradients:
-            grads = [p.grad for p in params if p.grad is not None]
-            self.comm.all_reduce_mean_(grads)
-        norm = clip_grad_norm_(params, self.config.max_grad_norm)
+        self.state_step = None  # weights and optimizer state are changing
         stats = self.optimizer.step(ctx)
         self.optimizer.zero_grad()
         optimizer_s += time.perf_counter() - optimizer_started
         model_metrics = self.model.step_end(self.comm)
+        self.state_step = step
+        self.tokens_seen += tokens * self.comm.world_size
+        self.next_step = step + 1
         bytes_sent = self.comm.bytes_sent - bytes_before
-
-        # One small all-reduce carries everything peers must agree on or report jointly.
-        shared = torch.tensor([local_loss, norm, float(stop_requested)], dtype=torch.float64)
-        with self.comm.uncounted():
-            self.comm.all_reduce_mean_([shared])
-        loss, mean_norm, stop = shared.tolist()
-        if not math.isfinite(loss):
-            raise PsycheError(
-                f"loss is {loss} at step {step}; lower --learning-rate or check the data"
-            )
+        if self.optimizer.averages_gradients:
+            mean_norm = norm  # every peer clipped the same averaged gradients
+        else:
+            norms = torch.tensor([norm], dtype=torch.float64)
+            with self.comm.uncounted():
+                self.comm.all_reduce_mean_([norms])
+            mean_norm = norms.item()
         elapsed = time.perf_counter() - started
         compile_s = 0.0
         if self.config.compiled:  # compile time is reported on its own, not as step time
@@ -201,8 +215,6 @@ class Trainer:
             elapsed -= compile_s
             self.compile_s += compile_s
         global_tokens = tokens * self.comm.world_size
-        self.tokens_seen += global_tokens
-        self.next_step = step + 1
         throughput = self._throughput(tokens, elapsed)
         metrics: dict[str, Any] = {
             "step": step,
@@ -311,6 +323,9 @@ class Trainer:
                 if self.stop_agreed:
                     summary["stopped"] = True
                     break
+        except Exception as exc:
+            _add_note(exc, self.emergency_checkpoint(first))
+            raise
         finally:
             self._prefetch.close()
         summary["elapsed_s"] = time.perf_counter() - started
@@ -351,7 +366,54 @@ class Trainer:
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.next_step = step + 1
+        self.state_step = step
         self.tokens_seen = tokens_seen
+
+    def emergency_checkpoint(self, first_step: int) -> str | None:
+        """After a fatal error: write the last completed step from this peer alone (no
+        collective can be trusted now); returns the line that tells the user where, or why
+        not. Every surviving peer tries; the first complete copy wins."""
+        from psyche_core import checkpoint
+
+        policy = self.checkpoints
+        if policy is None:
+            return None
+        if self.state_step is None:
+            return (
+                "no emergency checkpoint: the error struck while the weights were changing; "
+                "resume from the last periodic checkpoint"
+            )
+        if self.state_step < first_step:
+            return None  # nothing new since the run started
+        target = Path(policy.root) / checkpoint.step_dir_name(self.state_step)
+        if checkpoint.verify(target) is None:
+            return f"last checkpoint: {target} (continue with --resume {target})"
+        world = self.comm.world_size
+        if world > 1 and not self.optimizer.averages_gradients:
+            return (
+                f"no emergency checkpoint from peer {self.comm.rank}: each peer of this "
+                "optimizer holds its own state; resume from the last periodic checkpoint"
+            )
+        try:
+            # Averaged gradients keep every peer's optimizer state identical, so this peer's
+            # state stands in for the lost ones.
+            mine = checkpoint.state_to_bytes(self.peer_state())
+            trainer = {"tokens": self.tokens_seen, "world_size": world, "emergency": True}
+            checkpoint.write(
+                policy.root,
+                self.state_step,
+                self.model,
+                [mine] * world,
+                trainer,
+                policy.run_record or {},
+                emergency=True,
+            )
+        except Exception as exc:  # the original error matters more
+            return f"emergency checkpoint {target} could not be written: {exc}"
+        return (
+            f"emergency checkpoint of step {self.state_step}: {target} "
+            f"(continue with --resume {target})"
+        )
 
     def save_checkpoint(self, step: int) -> Path:
         """Every peer sends its state to peer 0, which writes ``root/step-NNNNNN``."""
@@ -393,6 +455,16 @@ def _compile_seconds() -> float:
         return float(calculate_time_spent().get("total_wall_time", 0.0))
     except Exception:  # an internal API: without it, compile time counts as step time
         return 0.0
+
+
+def _add_note(exc: BaseException, note: str | None) -> None:
+    """Put ``note`` after the error's own line, which stays the first thing the user reads."""
+    if not note:
+        return
+    if isinstance(exc, PsycheError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        exc.args = (f"{exc.args[0]}\n{note}",)
+    elif hasattr(exc, "add_note"):
+        exc.add_note(note)
 
 
 class _Prefetcher:

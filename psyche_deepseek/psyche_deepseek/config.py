@@ -27,6 +27,19 @@ class DeepseekV2Config(ModelConfig):
 
     model_type: ClassVar[str] = "deepseek_v2"
     architectures: ClassVar[tuple[str, ...]] = ("DeepseekV2ForCausalLM",)
+    positive_fields: ClassVar[tuple[str, ...]] = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "kv_lora_rank",
+        "qk_rope_head_dim",
+        "v_head_dim",
+        "moe_intermediate_size",
+        "max_position_embeddings",
+    )
 
     vocab_size: int = 102400
     hidden_size: int = 4096

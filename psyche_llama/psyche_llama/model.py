@@ -58,6 +58,16 @@ class LlamaConfig(ModelConfig):
 
     model_type: ClassVar[str] = "llama"
     architectures: ClassVar[tuple[str, ...]] = ("LlamaForCausalLM",)
+    positive_fields: ClassVar[tuple[str, ...]] = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "max_position_embeddings",
+    )
 
     vocab_size: int = 32000
     hidden_size: int = 4096
@@ -103,6 +113,11 @@ class LlamaConfig(ModelConfig):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(
+                    f"hidden_size ({self.hidden_size}) must be a multiple of "
+                    f"num_attention_heads ({self.num_attention_heads}), or give head_dim"
+                )
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.num_attention_heads % self.num_key_value_heads:
             raise PsycheError(
@@ -115,6 +130,12 @@ class LlamaConfig(ModelConfig):
             raise PsycheError(
                 f"llama config: hidden_act {self.hidden_act!r} is not supported (Llama uses silu)"
             )
+
+    def validate(self) -> str | None:
+        for key in ("rms_norm_eps", "rope_theta"):
+            if not getattr(self, key) > 0:
+                return f"{key} must be > 0, got {getattr(self, key)}"
+        return None
 
     @property
     def rope_type(self) -> str:

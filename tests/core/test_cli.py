@@ -42,7 +42,7 @@ def test_list_plugins_table_and_json(plugins):
             "default_preset": "tiny",
         }
     ]
-    assert toy["data_providers"] == ["toy"] and toy["ok"] and data["conflicts"] == []
+    assert toy["data_providers"] == ["toy", "toy-failing"] and toy["ok"] and data["conflicts"] == []
 
 
 def test_train_help_documents_every_psyche_flag(plugins):

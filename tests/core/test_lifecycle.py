@@ -78,6 +78,7 @@ def test_checkpoint_contents_and_keep_last(tmp_path, plugins):
     files = sorted(p.name for p in found.path.iterdir())
     assert files == [
         "config.json",
+        "manifest.json",
         "model.safetensors",
         "peer-00000.safetensors",
         "run.json",
@@ -104,7 +105,7 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, plu
 
     def crash_on_second_checkpoint(tensors, path, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] >= 2:  # the disk stays full: the emergency checkpoint fails too
             raise OSError("no space left on device")
         return real(tensors, path, *args, **kwargs)
 
@@ -112,6 +113,7 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, plu
     with pytest.raises(PsycheError, match="writing checkpoint .*step-000008 failed: no space"):
         train(plugins, flags(tmp_path))
     monkeypatch.undo()
+    assert not list((tmp_path / "run").glob(".step-*"))  # no staging left behind
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["step-000004"]
     options = plan.resolve_run_options(SPECS, {"resume": str(tmp_path / "run")}, None)
     assert options.start_step == 5
@@ -135,17 +137,21 @@ def test_resume_refuses_a_changed_run_and_damaged_checkpoints(tmp_path, plugins)
     assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before  # nothing overwritten
 
     (ckpt / "peer-00000.safetensors").write_bytes(b"garbage")
-    with pytest.raises(PsycheError, match="peer-00000.safetensors: damaged checkpoint state"):
+    with pytest.raises(PsycheError, match="peer-00000.safetensors has 7 bytes, the manifest says"):
         train(plugins, {"resume": str(ckpt), "total_steps": 6})
+    with pytest.raises(PsycheError, match="peer-00000.safetensors: damaged checkpoint state"):
+        checkpoint.read_peer_state(ckpt, 0)  # what a checkpoint without the manifest check hits
     (ckpt / "peer-00000.safetensors").unlink()
     with pytest.raises(PsycheError, match="peer-00000.safetensors is missing"):
         train(plugins, {"resume": str(ckpt), "total_steps": 6})
     trainer = json.loads((ckpt / "trainer.json").read_text())
     (ckpt / "trainer.json").write_text(json.dumps({**trainer, "format": 99}))
     with pytest.raises(PsycheError, match="checkpoint format 99 is not supported"):
-        plan.resolve_run_options(SPECS, {"resume": str(ckpt), "total_steps": 6}, None)
+        checkpoint.read(ckpt)
     (ckpt / "trainer.json").write_text("{")
     with pytest.raises(PsycheError, match="trainer.json: damaged"):
+        checkpoint.read(ckpt)
+    with pytest.raises(PsycheError, match="step-000004 is damaged"):
         plan.resolve_run_options(SPECS, {"resume": str(ckpt), "total_steps": 6}, None)
 
 

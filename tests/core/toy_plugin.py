@@ -8,13 +8,14 @@ learn.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from psyche_core import DataProviderSpec, ModelSpec, hookimpl
+from psyche_core import DataProviderSpec, ModelSpec, OptionSpec, hookimpl
 from psyche_core.data import DataProvider, TokenizedData
 from psyche_core.errors import PsycheError
 from psyche_core.model import CausalLM, CausalLMOutput, ModelConfig
@@ -100,6 +101,28 @@ def build_data(options, providers=None):
     return PatternData(options.sequence_length)
 
 
+class FailingData(PatternData):
+    """PatternData whose source fails at sample ``fail_at``: a dead data server (an error), or a
+    dead peer (``how="die"``: the process exits at once, as a killed machine would)."""
+
+    def __init__(self, sequence_length: int, fail_at: int, how: str) -> None:
+        super().__init__(sequence_length)
+        self.fail_at = fail_at
+        self.how = how
+
+    def get_samples(self, ids):
+        ids = list(ids)
+        if self.fail_at in ids:
+            if self.how == "die":
+                os._exit(9)
+            raise PsycheError("data server http://127.0.0.1:9/ stopped answering")
+        return super().get_samples(ids)
+
+
+def build_failing_data(options, providers=None):
+    return FailingData(options.sequence_length, options.toy_fail_at, options.toy_fail_how)
+
+
 @hookimpl
 def register_models(register):
     register(
@@ -116,3 +139,13 @@ def register_models(register):
 @hookimpl
 def register_data_providers(register):
     register(DataProviderSpec(name="toy", factory="tests.core.toy_plugin:build_data"))
+    register(
+        DataProviderSpec(
+            name="toy-failing",
+            factory="tests.core.toy_plugin:build_failing_data",
+            options=(
+                OptionSpec("toy-fail-at", int, 40, "Sample index whose fetch fails."),
+                OptionSpec("toy-fail-how", ("error", "die"), "error", "How the fetch fails."),
+            ),
+        )
+    )

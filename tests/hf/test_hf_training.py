@@ -85,6 +85,7 @@ def test_checkpoints_resume_exactly(plugins, qwen2_checkpoint, tmp_path):
     assert sorted(p.name for p in step3.iterdir()) == [
         "config.json",
         "generation_config.json",
+        "manifest.json",
         "model.safetensors",
         "peer-00000.safetensors",
         "run.json",
