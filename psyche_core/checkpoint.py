@@ -36,7 +36,8 @@ import torch
 
 from psyche_core.errors import PsycheError
 
-FORMAT = 1
+FORMAT = 2  # 2: with manifest.json; 1 (psyche 0.1 before manifests) still loads
+LEGACY_FORMATS = (1,)
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 TRAINER_FILE = "trainer.json"
 RUN_FILE = "run.json"
@@ -123,6 +124,8 @@ def verify(path: str | Path) -> str | None:
     try:
         listed = json.loads((path / MANIFEST_FILE).read_text())["files"]
     except FileNotFoundError:
+        if _format(path) in LEGACY_FORMATS:
+            return None  # written before manifests existed: nothing to verify it against
         return f"{MANIFEST_FILE} is missing; it is incomplete"
     except (json.JSONDecodeError, KeyError, TypeError):
         return f"{MANIFEST_FILE} is damaged"
@@ -135,6 +138,13 @@ def verify(path: str | Path) -> str | None:
         if file_digest(file) != expected["sha256"]:
             return f"{name} does not match its checksum"
     return None
+
+
+def _format(path: Path) -> Any:
+    try:
+        return json.loads((path / TRAINER_FILE).read_text()).get("format")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
 
 
 def remove_stale_staging(root: Path, older_than_s: float = 0.0) -> None:
@@ -237,7 +247,7 @@ def read(path: str | Path) -> Checkpoint:
         except json.JSONDecodeError as exc:
             raise PsycheError(f"{file}: damaged ({exc.msg} at line {exc.lineno})") from None
     trainer, run = records
-    if trainer.get("format") != FORMAT:
+    if trainer.get("format") != FORMAT and trainer.get("format") not in LEGACY_FORMATS:
         raise PsycheError(
             f"{path}: checkpoint format {trainer.get('format')} is not supported by this psyche "
             f"(format {FORMAT}); resume it with the psyche version that wrote it "

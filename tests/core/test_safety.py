@@ -142,6 +142,19 @@ def test_a_checkpoint_missing_its_manifest_is_incomplete(tmp_path, plugins):
         plan.resolve_run_options(plan_specs(), {"resume": str(tmp_path / "run")}, None)
 
 
+
+def test_a_checkpoint_from_before_manifests_still_resumes(tmp_path, plugins):
+    """Format 1 checkpoints (psyche 0.1 before manifests) have none; they are not refused."""
+    train(plugins, flags(tmp_path, total_steps=4, checkpoint_every=2))
+    step = tmp_path / "run" / "step-000004"
+    (step / checkpoint.MANIFEST_FILE).unlink()
+    record = json.loads((step / checkpoint.TRAINER_FILE).read_text())
+    (step / checkpoint.TRAINER_FILE).write_text(json.dumps({**record, "format": 1}))
+    resume = {"resume": str(tmp_path / "run"), "total_steps": 6}
+    options = plan.resolve_run_options(plan_specs(), resume, None)
+    assert options.resume == str(step) and options.start_step == 5
+
+
 # -- numbers ------------------------------------------------------------------------------------
 
 
