@@ -187,9 +187,9 @@ def test_state_dict_is_transformers_own_and_saves_atomically(tmp_path):
     ]
     target = tmp_path / "ckpt"
     target.mkdir()
-    (target / "stale.txt").write_text("old")
+    (target / "notes.txt").write_text("mine")
     model.save_pretrained(target, extra_files={"run.json": "{}", "peer-00000.bin": b"\x01"})
-    assert not (target / "stale.txt").exists()
+    assert (target / "notes.txt").read_text() == "mine"  # a save never deletes others' files
     assert (target / "model.safetensors").is_file() and (target / "run.json").read_text() == "{}"
     assert (target / "peer-00000.bin").read_bytes() == b"\x01"
     assert json.loads((target / "config.json").read_text())["model_type"] == "qwen2"
