@@ -46,23 +46,7 @@ def run_peer(
     data = plan.data.load()(options, plugins.data_providers)
     eval_data = None
     try:
-        held_out = None
-        if plan.eval_data is not None:
-            eval_data = plan.eval_data.load()(eval_data_options(options), plugins.data_providers)
-            held_out = HeldOut.separate(
-                eval_data,
-                options.eval_batches,
-                options.total_batch,
-                options.eval_every,
-                plan.trainer.micro_batch or options.total_batch // plan.world_size,
-            )
-        elif options.eval_holdout:
-            held_out = HeldOut.holdout(
-                data,
-                options.eval_holdout,
-                options.eval_every,
-                plan.trainer.micro_batch or options.total_batch // plan.world_size,
-            )
+        held_out, eval_data = _held_out(plan, data, plugins)
         optimizer = plan.optimizer.load()(model, options)
         reporters: list[Reporter] = []
         if comm.rank == 0:
@@ -99,6 +83,21 @@ def run_peer(
         model.save_pretrained(options.save_path, extra_files={checkpoint.RUN_FILE: record})
         summary["saved"] = options.save_path
     return summary
+
+
+def _held_out(plan: RunPlan, data: Any, plugins: Plugins) -> tuple[HeldOut | None, Any]:
+    """What ``--eval-every`` scores, and the separate data provider it reads (to close)."""
+    options = plan.options
+    micro_batch = plan.trainer.micro_batch or options.total_batch // plan.world_size
+    if plan.eval_data is not None:
+        eval_data = plan.eval_data.load()(eval_data_options(options), plugins.data_providers)
+        held_out = HeldOut.separate(
+            eval_data, options.eval_batches, options.total_batch, options.eval_every, micro_batch
+        )
+        return held_out, eval_data
+    if options.eval_holdout:
+        return HeldOut.holdout(data, options.eval_holdout, options.eval_every, micro_batch), None
+    return None, None
 
 
 def check_same_config(comm: Communicator, fingerprint: dict[str, Any]) -> None:
