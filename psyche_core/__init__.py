@@ -9,6 +9,7 @@ from psyche_core.errors import PsycheError
 from psyche_core.hookspecs import hookimpl
 from psyche_core.specs import (
     DataProviderSpec,
+    EvaluatorSpec,
     ModelSpec,
     OptimizerSpec,
     OptionSpec,
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DataProviderSpec",
+    "EvaluatorSpec",
     "ModelSpec",
     "OptimizerSpec",
     "OptionSpec",

@@ -47,5 +47,11 @@ def register_reporters(register):
 
 
 @hookspec
+def register_evaluators(register):
+    """Register evaluations run during training at ``--eval-every``: call
+    ``register(EvaluatorSpec(...))`` once per evaluator."""
+
+
+@hookspec
 def register_commands(cli):
     """Add Click commands or groups to the ``psyche`` CLI group ``cli`` (``cli.add_command``)."""

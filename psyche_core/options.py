@@ -317,9 +317,16 @@ class Options(Mapping[str, Any]):
 
 
 def plugin_option_specs(plugins: Any) -> Iterator[tuple[str, OptionSpec]]:
-    """``(owner, spec)`` of every option a registered model, data provider, optimizer or
-    reporter declares."""
-    for registry in (plugins.models, plugins.data_providers, plugins.optimizers, plugins.reporters):
+    """``(owner, spec)`` of every option a registered model, data provider, optimizer,
+    reporter or evaluator declares."""
+    registries = (
+        plugins.models,
+        plugins.data_providers,
+        plugins.optimizers,
+        plugins.reporters,
+        plugins.evaluators,
+    )
+    for registry in registries:
         for _, spec, owner in registry.items():
             for option in spec.options:
                 yield owner.distribution or owner.plugin, option

@@ -47,6 +47,7 @@ def run_peer(
     eval_data = None
     try:
         held_out, eval_data = _held_out(plan, data, plugins)
+        evaluators = [spec.load()(options, model) for spec in plan.evaluators]
         optimizer = plan.optimizer.load()(model, options)
         reporters: list[Reporter] = []
         if comm.rank == 0:
@@ -67,6 +68,7 @@ def run_peer(
             device,
             policy,
             held_out,
+            evaluators,
         )
         if plan.resume is not None:
             state = checkpoint.read_peer_state(plan.resume.path, comm.rank)

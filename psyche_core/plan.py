@@ -31,7 +31,13 @@ from psyche_core.resolve import (
     spec_for_config,
 )
 from psyche_core.schedule import LRSchedule, make_schedule
-from psyche_core.specs import DataProviderSpec, OptimizerSpec, OptionSpec, ReporterSpec
+from psyche_core.specs import (
+    DataProviderSpec,
+    EvaluatorSpec,
+    OptimizerSpec,
+    OptionSpec,
+    ReporterSpec,
+)
 from psyche_core.trainer import TrainerConfig, plan_batches
 
 # Options that define what a run trains on; a resumed run may not change them.
@@ -73,6 +79,7 @@ class RunPlan:
     optimizer: OptimizerSpec
     reporters: tuple[ReporterSpec, ...]
     eval_data: DataProviderSpec | None  # a separate held-out set (--eval-data-path/-url)
+    evaluators: tuple[EvaluatorSpec, ...]  # evaluations switched on (--eval-tasks)
     device: torch.device
     dtype: torch.dtype
     world_size: int
@@ -170,7 +177,8 @@ def make_plan(options: Options, plugins: Plugins, world_size: int) -> RunPlan:
         model = resolve_model(plugins, options.model, options)
     data = choose(plugins.data_providers, options.data_provider, options, "data-provider")
     optimizer = choose(plugins.optimizers, options.optimizer, options, "optimizer")
-    eval_data = _eval_data(plugins, options)
+    evaluators = _evaluators(plugins, options)
+    eval_data = _eval_data(plugins, options, evaluators)
     if resume is not None:
         _check_same_choices(found, data.name, optimizer.name)
     options = options.replace(model=options.model or model.label)
@@ -193,6 +201,7 @@ def make_plan(options: Options, plugins: Plugins, world_size: int) -> RunPlan:
         max_grad_norm=options.max_grad_norm,
         grad_accum_in_fp32=options.grad_accum_in_fp32,
         optim_stats=options.optim_stats,
+        eval_every=options.eval_every,
         autocast_dtype=precision.autocast_dtype,
         peak_flops=peak_flops(device, precision.compute_dtype),
         compiled=compiled,
@@ -205,6 +214,7 @@ def make_plan(options: Options, plugins: Plugins, world_size: int) -> RunPlan:
         optimizer=optimizer,
         reporters=reporters,
         eval_data=eval_data,
+        evaluators=evaluators,
         device=device,
         dtype=precision.param_dtype,
         world_size=world_size,
@@ -228,18 +238,32 @@ def eval_data_options(options: Options) -> Options:
     )
 
 
-def _eval_data(plugins: Plugins, options: Options) -> DataProviderSpec | None:
+def _evaluators(plugins: Plugins, options: Options) -> tuple[EvaluatorSpec, ...]:
+    """The evaluators whose switch (``implied_by``: ``--eval-tasks``) the user set."""
+    return tuple(
+        spec
+        for _, spec, _ in plugins.evaluators.items()
+        if spec.implied_by and spec.implied_by in options and options[spec.implied_by]
+    )
+
+
+def _eval_data(
+    plugins: Plugins, options: Options, evaluators: Sequence[EvaluatorSpec] = ()
+) -> DataProviderSpec | None:
     """Checks the held-out loss options; the provider of a separate held-out set, if any."""
     separate = bool(options.eval_data_path or options.eval_data_url)
     if options.eval_holdout and separate:
         raise PsycheError("give --eval-holdout or --eval-data-path/--eval-data-url, not both")
-    if options.eval_every and not (options.eval_holdout or separate):
+    if options.eval_every and not (options.eval_holdout or separate or evaluators):
         raise PsycheError(
             f"--eval-every {options.eval_every} needs held-out data: --eval-holdout K (the "
-            "last K training sequences) or --eval-data-path / --eval-data-url"
+            "last K training sequences) or --eval-data-path / --eval-data-url (or an "
+            "evaluation such as --eval-tasks)"
         )
-    if (options.eval_holdout or separate) and not options.eval_every:
-        raise PsycheError("held-out data is scored every --eval-every N steps; give N")
+    if (options.eval_holdout or separate or evaluators) and not options.eval_every:
+        switches = [f"--{spec.implied_by.replace('_', '-')}" for spec in evaluators]
+        what = "held-out data is" if not switches else f"{', '.join(switches)} is"
+        raise PsycheError(f"{what} scored every --eval-every N steps; give N")
     if options.eval_batches is not None and (options.eval_batches < 1 or not separate):
         raise PsycheError(
             "--eval-batches must be at least 1 and goes with --eval-data-path/--eval-data-url"

@@ -27,7 +27,13 @@ import pluggy
 from psyche_core import hookspecs
 from psyche_core.errors import PsycheError
 from psyche_core.registry import Owner, Registry
-from psyche_core.specs import DataProviderSpec, ModelSpec, OptimizerSpec, ReporterSpec
+from psyche_core.specs import (
+    DataProviderSpec,
+    EvaluatorSpec,
+    ModelSpec,
+    OptimizerSpec,
+    ReporterSpec,
+)
 
 ENTRY_POINT_GROUP = "psyche"
 BUILTIN_PLUGINS = (
@@ -56,6 +62,7 @@ class PluginInfo:
     data_providers: list[str] = field(default_factory=list)
     optimizers: list[str] = field(default_factory=list)
     reporters: list[str] = field(default_factory=list)
+    evaluators: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
 
     @property
@@ -72,11 +79,12 @@ _HOOKS: tuple[tuple[str, str, type], ...] = (
     ("register_data_providers", "data_providers", DataProviderSpec),
     ("register_optimizers", "optimizers", OptimizerSpec),
     ("register_reporters", "reporters", ReporterSpec),
+    ("register_evaluators", "evaluators", EvaluatorSpec),
 )
 
 
 class Plugins:
-    """The plugins of one process: a pluggy manager plus the four registries."""
+    """The plugins of one process: a pluggy manager plus the five registries."""
 
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
@@ -89,6 +97,9 @@ class Plugins:
             "optimizer", f"Optimizers: {INSTALL_HINT}."
         )
         self.reporters: Registry[ReporterSpec] = Registry("reporter", f"Reporters: {INSTALL_HINT}.")
+        self.evaluators: Registry[EvaluatorSpec] = Registry(
+            "evaluator", f"Evaluators: {INSTALL_HINT}."
+        )
         self.infos: list[PluginInfo] = []
         #: how this set was loaded, so worker processes can load the same set
         self.load_args: tuple[bool, tuple[str, ...]] = (False, ())
@@ -232,6 +243,7 @@ class Plugins:
             *self.data_providers.conflicts(),
             *self.optimizers.conflicts(),
             *self.reporters.conflicts(),
+            *self.evaluators.conflicts(),
         ]
 
     def warn_problems(self, stream: TextIO | None = None) -> None:

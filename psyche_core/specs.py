@@ -201,6 +201,17 @@ class OptimizerSpec(_FactorySpec):
 
 
 @dataclass(frozen=True)
+class EvaluatorSpec(_FactorySpec):
+    """An evaluation during training: ``factory(options, model) -> evaluate``, where
+    ``evaluate(model, step) -> dict[str, float]`` adds its scores to that step's metrics.
+
+    It runs when its ``implied_by`` option is set (``--eval-tasks``), at every ``--eval-every``
+    step, on every peer (the peers' models are replicas, so they stay in step and agree); the
+    factory runs before step 1, so it can refuse bad input then.
+    """
+
+
+@dataclass(frozen=True)
 class ReporterSpec(_FactorySpec):
     """Where metrics go: ``factory(options, run) -> Reporter | None`` on peer 0.
 

@@ -47,6 +47,7 @@ class TrainerConfig:
     autocast_dtype: torch.dtype | None = None  # bf16-mixed: forward/backward under autocast
     peak_flops: float | None = None  # the device's peak FLOP/s at the compute dtype, for MFU
     compiled: bool = False  # the model has torch.compile'd regions: report compile time
+    eval_every: int = 0  # --eval-every: steps between evaluations (and at the last)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,12 @@ class CheckpointPolicy:
     every: int = 0  # steps between checkpoints; 0: only when stopped early
     keep_last: int | None = None
     run_record: dict[str, Any] | None = None
+
+
+class Evaluator(Protocol):
+    """An evaluation during training (``register_evaluators``): scores for ``model`` now."""
+
+    def __call__(self, model: CausalLM, step: int) -> dict[str, float]: ...
 
 
 class Reporter(Protocol):
@@ -105,6 +112,7 @@ class Trainer:
         device: torch.device | str = "cpu",
         checkpoints: CheckpointPolicy | None = None,
         held_out: HeldOut | None = None,
+        evaluators: Sequence[Evaluator] = (),
     ) -> None:
         self.model = model
         self.data = data
@@ -121,6 +129,9 @@ class Trainer:
         if config.start_step < 1:
             raise PsycheError(f"--start-step must be at least 1, got {config.start_step}")
         self.held_out = held_out
+        self.evaluators = list(evaluators)
+        # evaluators run at the held-out loss's steps (--eval-every), or every step without it
+        self.eval_every = held_out.every if held_out is not None else config.eval_every
         # a holdout is the data's tail: training wraps around before it
         self.train_sequences = data.num_sequences
         if held_out is not None and held_out.from_training_data:
@@ -313,9 +324,10 @@ class Trainer:
             for step in range(first, self.config.total_steps + 1):
                 metrics = self.train_step(step, stop_requested=bool(stop and stop.is_set()))
                 summary.update(last_step=step, loss=metrics["loss"])
-                if self.held_out is not None and self.held_out.due(step, self.config.total_steps):
-                    metrics.update(evaluate(self.model, self.held_out, self.comm, self.device))
-                    summary["val_loss"] = metrics["val_loss"]
+                if self._evaluation_due(step):
+                    metrics.update(self.evaluate(step))
+                    if "val_loss" in metrics:
+                        summary["val_loss"] = metrics["val_loss"]
                 for reporter in self.reporters:
                     reporter.on_step(metrics)
                 if self._checkpoint_due(step):
@@ -340,6 +352,23 @@ class Trainer:
         for reporter in self.reporters:
             reporter.on_end(summary)
         return summary
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def _evaluation_due(self, step: int) -> bool:
+        if self.held_out is None and not self.evaluators:
+            return False
+        every = self.eval_every or 1
+        return step % every == 0 or step == self.config.total_steps
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """The held-out loss and every evaluator's scores for the model as it is now."""
+        scores: dict[str, float] = {}
+        if self.held_out is not None:
+            scores.update(evaluate(self.model, self.held_out, self.comm, self.device))
+        for evaluator in self.evaluators:
+            scores.update(evaluator(self.model, step))
+        return scores
 
     # -- checkpoints ----------------------------------------------------------------------------
 

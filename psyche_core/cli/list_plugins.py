@@ -40,6 +40,8 @@ def plugin_record(plugins: Plugins, info: PluginInfo) -> dict[str, Any]:
         "models": models,
         "data_providers": info.data_providers,
         "optimizers": info.optimizers,
+        "reporters": info.reporters,
+        "evaluators": info.evaluators,
         "commands": info.commands,
     }
 
@@ -84,7 +86,13 @@ def _registers(rec: dict[str, Any]) -> str:
         hf_names = ", ".join(model["architectures"] or model["model_types"]) or "-"
         presets = ", ".join(model["presets"]) or "-"
         lines.append(f"model {model['name']}  (HF: {hf_names}; presets: {presets})")
-    for kind, key in (("data provider", "data_providers"), ("optimizer", "optimizers")):
+    kinds = (
+        ("data provider", "data_providers"),
+        ("optimizer", "optimizers"),
+        ("reporter", "reporters"),
+        ("evaluator", "evaluators"),
+    )
+    for kind, key in kinds:
         lines.extend(f"{kind} {name}" for name in rec[key])
     lines.extend(f"command psyche {name}" for name in rec["commands"])
     return "\n".join(lines) or "-"

@@ -4,10 +4,12 @@ import types
 from typing import ClassVar
 
 import click
+import pytest
 from click.testing import CliRunner
 
 from psyche_core import (
     DataProviderSpec,
+    EvaluatorSpec,
     ModelSpec,
     OptimizerSpec,
     OptionSpec,
@@ -15,6 +17,7 @@ from psyche_core import (
     hookimpl,
 )
 from psyche_core.cli import make_cli
+from psyche_core.errors import PsycheError
 from psyche_core.plugins import Plugins
 
 
@@ -105,6 +108,44 @@ def test_hook_register_reporters(tmp_path):
     # off unless its option is given
     run.train(resolve(all_option_specs(plugins), {**flags, "record_label": None}), plugins)
     assert len(RecordingReporter.runs) == 1
+
+
+def parameter_count_evaluator(options, model):
+    """An evaluation that reports the step and the model's parameter count."""
+    return lambda model, step: {"count/params": float(model.num_parameters()), "count/step": step}
+
+
+def test_hook_register_evaluators(tmp_path):
+    import json
+
+    from psyche_core import run
+    from psyche_core.options import all_option_specs, resolve
+    from tests.core import toy_plugin
+
+    def register_evaluators(register):
+        register(
+            EvaluatorSpec(
+                name="counter",
+                factory="tests.core.test_hooks:parameter_count_evaluator",
+                options=(OptionSpec("count-things", bool, False, "Report counts."),),
+                implied_by="count_things",
+            )
+        )
+
+    module = types.ModuleType("hook_test_plugin")
+    module.register_evaluators = hookimpl(register_evaluators)
+    plugins = Plugins.load(entry_points=False, extra=[module, toy_plugin])
+    assert plugins.evaluators.names() == ["counter"]
+    metrics = tmp_path / "m.jsonl"
+    flags = {"model": "toy", "data_provider": "toy", "sequence_length": 8, "total_batch": 2}
+    flags.update(total_steps=5, warmup_steps=1, metrics=str(metrics), eval_every=2)
+    run.train(resolve(all_option_specs(plugins), {**flags, "count_things": True}), plugins)
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["count/step"] for r in rows if "count/step" in r] == [2, 4, 5]  # and the last
+    assert all(r.get("count/params", 0) > 0 for r in rows if "count/step" in r)
+    # off unless its switch is given (and --eval-every then needs held-out data)
+    with pytest.raises(PsycheError, match="--eval-every 2 needs held-out data"):
+        run.train(resolve(all_option_specs(plugins), flags), plugins)
 
 
 def test_hook_register_commands():

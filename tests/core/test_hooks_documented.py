@@ -19,6 +19,7 @@ def test_there_are_hooks():
     assert sorted(HOOKS) == [
         "register_commands",
         "register_data_providers",
+        "register_evaluators",
         "register_models",
         "register_optimizers",
         "register_reporters",

@@ -142,7 +142,6 @@ def test_a_checkpoint_missing_its_manifest_is_incomplete(tmp_path, plugins):
         plan.resolve_run_options(plan_specs(), {"resume": str(tmp_path / "run")}, None)
 
 
-
 def test_a_checkpoint_from_before_manifests_still_resumes(tmp_path, plugins):
     """Format 1 checkpoints (psyche 0.1 before manifests) have none; they are not refused."""
     train(plugins, flags(tmp_path, total_steps=4, checkpoint_every=2))
