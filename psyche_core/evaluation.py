@@ -23,27 +23,26 @@ from psyche_core.model import CausalLM
 
 @dataclass(frozen=True)
 class HeldOut:
-    """What to score: ``ids`` of ``data``, every ``every`` steps, ``micro_batch`` at a time."""
+    """What to score: ``ids`` of ``data``, ``micro_batch`` at a time (when: ``--eval-every``)."""
 
     data: DataProvider
     ids: range
-    every: int
     micro_batch: int
     from_training_data: bool = False  # the trainer must then never train on ``ids``
 
     @classmethod
-    def holdout(cls, data: DataProvider, count: int, every: int, micro_batch: int) -> HeldOut:
+    def holdout(cls, data: DataProvider, count: int, micro_batch: int) -> HeldOut:
         """The last ``count`` sequences of the training data."""
         n = data.num_sequences
         if count >= n:
             raise PsycheError(
                 f"--eval-holdout {count} leaves nothing to train on: the data has {n} sequences"
             )
-        return cls(data, range(n - count, n), every, micro_batch, from_training_data=True)
+        return cls(data, range(n - count, n), micro_batch, from_training_data=True)
 
     @classmethod
     def separate(
-        cls, data: DataProvider, batches: int | None, total_batch: int, every: int, micro_batch: int
+        cls, data: DataProvider, batches: int | None, total_batch: int, micro_batch: int
     ) -> HeldOut:
         """The first ``batches * total_batch`` sequences of an evaluation data set (all of it
         when ``batches`` is None)."""
@@ -54,10 +53,7 @@ class HeldOut:
         )
         if n < 1:
             raise PsycheError(f"the evaluation data has no sequences ({data.describe()})")
-        return cls(data, range(n), every, micro_batch)
-
-    def due(self, step: int, last_step: int) -> bool:
-        return step % self.every == 0 or step == last_step
+        return cls(data, range(n), micro_batch)
 
     def peer_slice(self, rank: int, world_size: int) -> Sequence[int]:
         per_peer = math.ceil(len(self.ids) / world_size)

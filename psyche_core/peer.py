@@ -93,12 +93,16 @@ def _held_out(plan: RunPlan, data: Any, plugins: Plugins) -> tuple[HeldOut | Non
     micro_batch = plan.trainer.micro_batch or options.total_batch // plan.world_size
     if plan.eval_data is not None:
         eval_data = plan.eval_data.load()(eval_data_options(options), plugins.data_providers)
-        held_out = HeldOut.separate(
-            eval_data, options.eval_batches, options.total_batch, options.eval_every, micro_batch
-        )
+        try:
+            held_out = HeldOut.separate(
+                eval_data, options.eval_batches, options.total_batch, micro_batch
+            )
+        except BaseException:
+            eval_data.close()
+            raise
         return held_out, eval_data
     if options.eval_holdout:
-        return HeldOut.holdout(data, options.eval_holdout, options.eval_every, micro_batch), None
+        return HeldOut.holdout(data, options.eval_holdout, micro_batch), None
     return None, None
 
 

@@ -130,8 +130,6 @@ class Trainer:
             raise PsycheError(f"--start-step must be at least 1, got {config.start_step}")
         self.held_out = held_out
         self.evaluators = list(evaluators)
-        # evaluators run at the held-out loss's steps (--eval-every), or every step without it
-        self.eval_every = held_out.every if held_out is not None else config.eval_every
         # a holdout is the data's tail: training wraps around before it
         self.train_sequences = data.num_sequences
         if held_out is not None and held_out.from_training_data:
@@ -358,7 +356,7 @@ class Trainer:
     def _evaluation_due(self, step: int) -> bool:
         if self.held_out is None and not self.evaluators:
             return False
-        every = self.eval_every or 1
+        every = self.config.eval_every or 1
         return step % every == 0 or step == self.config.total_steps
 
     def evaluate(self, step: int) -> dict[str, float]:

@@ -20,7 +20,7 @@ from tests.core.toy_plugin import PatternData, ToyForCausalLM
 
 def test_holdout_sequences_are_never_trained_on():
     data = PatternData(sequence_length=12, n=64)
-    held_out = HeldOut.holdout(data, count=10, every=5, micro_batch=4)
+    held_out = HeldOut.holdout(data, count=10, micro_batch=4)
     model = ToyForCausalLM.from_config(TOY, seed=0)
     config = TrainerConfig(total_batch=8, total_steps=20, micro_batch=4)
     group = LocalGroup(2)
@@ -44,7 +44,7 @@ def test_holdout_sequences_are_never_trained_on():
 
 def test_val_loss_is_the_mean_over_every_held_out_token():
     data = PatternData(sequence_length=12, n=64)
-    held_out = HeldOut.holdout(data, count=10, every=1, micro_batch=3)  # 3 + 3 + 3 + 1
+    held_out = HeldOut.holdout(data, count=10, micro_batch=3)  # 3 + 3 + 3 + 1
     model = ToyForCausalLM.from_config(TOY, seed=0)
     model.train()
     metrics = evaluate(model, held_out, LocalGroup(1).communicator(0), torch.device("cpu"))
