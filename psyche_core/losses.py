@@ -47,9 +47,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
         need_hidden, need_weight = ctx.needs_input_grad[:2]
+        # Under autocast (bf16-mixed) all three head matmuls run in the autocast dtype, as
+        # they would for nn.Linear + cross entropy: autocast alone would only cast the forward
+        # product, because the two gradient products write into float32 buffers (out=).
+        out_hidden, out_weight = hidden.dtype, weight.dtype
+        device_type = hidden.device.type
+        mixed = torch.is_autocast_enabled(device_type)
+        if mixed:
+            compute = torch.get_autocast_dtype(device_type)
+            hidden, weight = hidden.to(compute), weight.to(compute)
         valid = targets != IGNORE_INDEX
         scale = 1.0 / valid.sum().clamp(min=1).float()
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_hidden = torch.empty_like(hidden, dtype=out_hidden) if need_hidden else None
         grad_weight = None  # float32 sum over chunks
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         rows = max(1, LOSS_CHUNK_ELEMENTS // weight.shape[0])
@@ -73,6 +82,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # without a target) is applied to the small (rows, hidden) factors, not to this.
             minus_one = torch.full(target.shape, -1.0, device=target.device)
             grad = probs.scatter_add_(1, target, minus_one).to(h.dtype)
+            if mixed:
+                # the row scale stays float32 (1/N rounded to bfloat16 would bias every
+                # gradient alike); only the matmul operands are in the compute dtype
+                row_scale = keep * scale
+                if need_hidden:
+                    torch.mul(grad @ weight, row_scale, out=grad_hidden[start : start + rows])
+                if need_weight:
+                    part = grad.t() @ (h * row_scale).to(h.dtype)
+                    grad_weight = part.float() if grad_weight is None else grad_weight.add_(part)
+                continue
             row_scale = (keep * scale).to(h.dtype)  # (rows, 1)
             if need_hidden:
                 torch.mm(grad, weight, out=grad_hidden[start : start + rows])
@@ -83,7 +102,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_weight.addmm_(grad.t(), h * row_scale)
             elif need_weight:
                 grad_weight += (grad.t() @ (h * row_scale)).float()
-        ctx.grads = (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype))
+        ctx.grads = (grad_hidden, None if grad_weight is None else grad_weight.to(out_weight))
         return total * scale
 
     @staticmethod
