@@ -19,6 +19,8 @@ class AdamW(Optimizer):
     """
 
     averages_gradients = True
+    supports_sharding = True  # elementwise: each rank updates the shard it holds
+    layout_free_state = True
 
     def __init__(
         self,
@@ -55,9 +57,27 @@ class AdamW(Optimizer):
         return {}
 
     def state_dict(self) -> dict[str, Any]:
-        return self.torch_optimizer.state_dict()
+        """torch's AdamW state with every moment tensor whole (gathered from the shards of a
+        tensor-parallel or FSDP run), so a checkpoint resumes on any layout."""
+        state = self.torch_optimizer.state_dict()
+        if self.shards:
+            for index, (name, _) in enumerate(self.named_params):
+                moments = state["state"].get(index, {})
+                for key, value in moments.items():
+                    if key != "step":
+                        moments[key] = self.full_state(name, value)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.shards:
+            state = {**state, "state": dict(state["state"])}
+            for index, (name, _) in enumerate(self.named_params):
+                moments = state["state"].get(index)
+                if moments is not None:
+                    state["state"][index] = {
+                        key: value if key == "step" else self.local_state(name, value)
+                        for key, value in moments.items()
+                    }
         self.torch_optimizer.load_state_dict(state)
 
 

@@ -174,21 +174,28 @@ def run_local_peers(
     error is re-raised here.
     """
     group = LocalGroup(world_size, timeout)
-    if world_size == 1:
-        return [fn(group.communicator(0))]
-    results: list[Any] = [None] * world_size
-    errors: list[BaseException | None] = [None] * world_size
+    return run_threads(world_size, lambda rank: fn(group.communicator(rank)), group.abort)
+
+
+def run_threads(n: int, fn: Callable[[int], T], abort: Callable[[], None]) -> list[T]:
+    """``fn(rank)`` for ranks ``0..n-1`` on threads; results in rank order. A rank that raises
+    calls ``abort`` (waking the others with :class:`PeerFailure`); the first real error is
+    re-raised here."""
+    if n == 1:
+        return [fn(0)]
+    results: list[Any] = [None] * n
+    errors: list[BaseException | None] = [None] * n
 
     def peer(rank: int) -> None:
         try:
-            results[rank] = fn(group.communicator(rank))
+            results[rank] = fn(rank)
         except BaseException as exc:
             errors[rank] = exc
-            group.abort()
+            abort()
 
     threads = [
         threading.Thread(target=peer, args=(rank,), name=f"psyche-peer-{rank}", daemon=True)
-        for rank in range(world_size)
+        for rank in range(n)
     ]
     for thread in threads:
         thread.start()

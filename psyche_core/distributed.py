@@ -47,15 +47,17 @@ def default_backend(device: torch.device) -> str:
 
 
 class TorchDistributedCommunicator(Communicator):
-    """The communicator over an initialised default process group."""
+    """The communicator over an initialised process group: the default (world) group, or a
+    subgroup of it (``group``; then ranks are the group's own)."""
 
-    def __init__(self, device: torch.device, timeout: float) -> None:
+    def __init__(self, device: torch.device, timeout: float, group: Any = None) -> None:
         super().__init__()
-        self.rank = dist.get_rank()
-        self.world_size = dist.get_world_size()
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
         self.timeout = timeout
         # NCCL moves CUDA tensors only; gloo works on CPU tensors.
-        self.device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+        self.device = device if dist.get_backend(group) == "nccl" else torch.device("cpu")
 
     @contextlib.contextmanager
     def _collective(self, what: str) -> Iterator[None]:
@@ -70,42 +72,42 @@ class TorchDistributedCommunicator(Communicator):
     def _all_reduce_sum_(self, flat: torch.Tensor) -> None:
         with self._collective("all-reduce"):
             buffer = flat.to(self.device)
-            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=self.group)
             flat.copy_(buffer)
 
     def _all_gather_bytes(self, payload: torch.Tensor) -> list[torch.Tensor]:
         with self._collective("all-gather"):
             size = torch.tensor([payload.numel()], dtype=torch.int64, device=self.device)
             sizes = [torch.zeros_like(size) for _ in range(self.world_size)]
-            dist.all_gather(sizes, size)
+            dist.all_gather(sizes, size, group=self.group)
             lengths = [int(s.item()) for s in sizes]
             longest = max(lengths)
             padded = torch.zeros(longest, dtype=torch.uint8, device=self.device)
             padded[: payload.numel()] = payload.to(self.device)
             gathered = [torch.empty_like(padded) for _ in range(self.world_size)]
-            dist.all_gather(gathered, padded)
+            dist.all_gather(gathered, padded, group=self.group)
         return [g[:n].to(payload.device) for g, n in zip(gathered, lengths)]
 
     def broadcast_(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
         with self._collective("broadcast"), torch.no_grad():
             for tensor in tensors:
                 buffer = tensor.detach().to(self.device)
-                dist.broadcast(buffer, src)
+                dist.broadcast(buffer, group=self.group, group_src=src)
                 if buffer is not tensor:
                     tensor.copy_(buffer)
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         out: list[Any] = [None] * self.world_size
         with self._collective("all-gather of objects"):
-            dist.all_gather_object(out, obj)
+            dist.all_gather_object(out, obj, group=self.group)
         return out
 
     def barrier(self) -> None:
         with self._collective("barrier"):
-            dist.barrier()
+            dist.barrier(group=self.group)
 
     def close(self) -> None:
-        if dist.is_initialized():
+        if self.group is None and dist.is_initialized():  # the world's owner leaves the group
             dist.destroy_process_group()
 
 

@@ -65,16 +65,32 @@ def evaluate(
     held_out: HeldOut,
     comm: Communicator,
     device: torch.device,
+    data_rank: int | None = None,
+    data_ranks: int | None = None,
 ) -> dict[str, float]:
-    """``{"val_loss", "val_ppl"}``: mean cross entropy over every labelled held-out token."""
-    mine = held_out.peer_slice(comm.rank, comm.world_size)
+    """``{"val_loss", "val_ppl"}``: mean cross entropy over every labelled held-out token.
+
+    ``comm`` reaches every rank; ``data_rank`` of ``data_ranks`` picks this rank's slice
+    (default: the communicator's rank and size). Tensor-parallel ranks score the same slice,
+    which weighs every token alike in the mean."""
+    rank = comm.rank if data_rank is None else data_rank
+    ranks = comm.world_size if data_ranks is None else data_ranks
+    mine = held_out.peer_slice(rank, ranks)
+    # Every rank runs the same number of forward passes (sharded models gather weights in each);
+    # a rank whose slice is shorter scores its first batch again and counts nothing.
+    longest = len(held_out.peer_slice(0, ranks))
+    passes = -(-longest // held_out.micro_batch)
     totals = torch.zeros(2, dtype=torch.float64)  # (summed loss, labelled tokens)
     training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(mine), held_out.micro_batch):
+            for index in range(passes):
+                start = index * held_out.micro_batch
                 ids = mine[start : start + held_out.micro_batch]
+                counts = len(ids) > 0
+                if not counts:
+                    ids = held_out.ids[: held_out.micro_batch]
                 batch = collate(held_out.data.get_samples(ids)).to(device)
                 output = model(
                     batch.input_ids,
@@ -84,6 +100,8 @@ def evaluate(
                     return_logits=False,
                 )
                 # the model's loss is the mean over positions whose next label is not ignored
+                if not counts:
+                    continue
                 counted = int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
                 totals[0] += float(output.loss) * counted
                 totals[1] += counted

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from psyche_core.comm import Communicator, run_local_peers
+from psyche_core.comm import Communicator
 from psyche_core.distributed import (
     TorchDistributedCommunicator,
     default_backend,
@@ -22,57 +22,41 @@ from psyche_core.distributed import (
     launched_by_torchrun,
     spawn_peers,
 )
-from psyche_core.errors import PsycheError
-from psyche_core.options import Options
 from psyche_core.peer import run_peer
 from psyche_core.plan import RunPlan
 from psyche_core.plugins import Plugins
 from psyche_core.signals import stop_on_signals
-
-
-def world_size(options: Options) -> int:
-    """How many peers the run has: torchrun's world, else ``--data-parallelism``."""
-    if not launched_by_torchrun():
-        return options.data_parallelism
-    world = int(os.environ["WORLD_SIZE"])
-    if options.data_parallelism not in (1, world):
-        raise PsycheError(
-            f"--data-parallelism {options.data_parallelism} disagrees with torchrun's "
-            f"world size {world}; leave it out under torchrun"
-        )
-    return world
+from psyche_core.topology import process_topology, run_local
 
 
 def launch(
     plan: RunPlan, plugins: Plugins, console: Console, stop: threading.Event | None
 ) -> tuple[dict[str, Any], int]:
-    """Run every peer this process is responsible for; returns ``(summary, rank)`` of the one
-    whose summary this process reports (peer 0, or this torchrun rank)."""
+    """Run every rank this process is responsible for; returns ``(summary, rank)`` of the one
+    whose summary this process reports (rank 0, or this torchrun rank)."""
+    layout = plan.layout
     if launched_by_torchrun():
         device = _local_device(plan.device)
-        comm = join_from_environment(device, plan.options.peer_timeout)
+        world = join_from_environment(device, plan.options.peer_timeout)
         try:
-            return run_peer(comm, plan, plugins, console, stop, device), comm.rank
+            topology = process_topology(layout, world, device)
+            return run_peer(topology, plan, plugins, console, stop, device), world.rank
         finally:
-            comm.close()
-    world = plan.world_size
+            world.close()
     backend = plan.options.dp_backend
     if backend == "auto":
         backend = default_backend(plan.device)
-    if world == 1 or backend == "threads":
-        with _intra_op_threads(threads_per_local_peer(world)):
-            summaries = run_local_peers(
-                world,
-                lambda comm: run_peer(comm, plan, plugins, console, stop),
+    if layout.world_size == 1 or (backend == "threads" and not layout.needs_mesh):
+        with _intra_op_threads(threads_per_local_peer(layout.world_size)):
+            summaries = run_local(
+                layout,
+                lambda topology: run_peer(topology, plan, plugins, console, stop),
                 timeout=plan.options.peer_timeout,
             )
         return summaries[0], 0
-    if backend == "nccl" and torch.cuda.device_count() < world:
-        raise PsycheError(
-            f"--data-parallelism {world} with NCCL needs {world} GPUs; "
-            f"{torch.cuda.device_count()} present"
-        )
-    summaries = spawn_peers(world, backend, plan.options.peer_timeout, _process_peer, plan, stop)
+    summaries = spawn_peers(
+        layout.world_size, backend, plan.options.peer_timeout, _process_peer, plan, stop
+    )
     return summaries[0], 0
 
 
@@ -118,6 +102,7 @@ def _process_peer(comm: Communicator, plan: RunPlan) -> dict[str, Any]:
     # Ctrl-C reaches every process of the terminal's group; only the parent handles it (and
     # forwards SIGTERM), so every worker stops after the same step.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    device = comm.device if isinstance(comm, TorchDistributedCommunicator) else None
+    device = comm.device if isinstance(comm, TorchDistributedCommunicator) else plan.device
+    topology = process_topology(plan.layout, comm, device)
     with stop_on_signals((signal.SIGTERM,), quiet=True) as stop:
-        return run_peer(comm, plan, plugins, Console(stderr=True, soft_wrap=True), stop, device)
+        return run_peer(topology, plan, plugins, Console(stderr=True, soft_wrap=True), stop, device)

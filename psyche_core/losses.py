@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from psyche_core import parallel
 from psyche_core.data import IGNORE_INDEX
 from psyche_core.model import CausalLMOutput
 
@@ -142,10 +143,11 @@ def causal_lm_output(
     if labels is None:
         return CausalLMOutput(head(hidden[:, -keep:]), None)
     logits = None
-    if return_logits:
+    if return_logits or parallel.is_sharded(head.weight):
+        # a tensor-parallel head gathers its logits (the chunked path needs the whole weight)
         logits = head(hidden)
         loss = causal_lm_loss(logits, labels)
-        logits = logits[:, -keep:]
+        logits = logits[:, -keep:] if return_logits else None
     else:
         if head.bias is not None:
             raise ValueError("the chunked loss path supports LM heads without a bias")

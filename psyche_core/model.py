@@ -19,7 +19,7 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 import torch
 from torch import nn
 
-from psyche_core import hf
+from psyche_core import hf, parallel
 from psyche_core.comm import Communicator
 from psyche_core.errors import PsycheError
 from psyche_core.options import Options
@@ -250,6 +250,17 @@ class CausalLM(nn.Module, ABC):
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 
+    def tensor_parallel_plan(self, degree: int) -> dict[str, Any] | None:
+        """How ``--tensor-parallelism degree`` splits this model: module-name patterns (``*``
+        matches one name) to DTensor ``ParallelStyle`` objects, for ``parallelize_module``
+        (``ColwiseParallel`` for q/k/v/gate/up, ``RowwiseParallel`` for o/down, as torchtitan
+        and transformers' ``tp_plan``). ``None`` (the default): the model has no plan and runs
+        only at degree 1. Raise :class:`PsycheError` naming the config field when ``degree``
+        does not divide the heads, key/value heads, intermediate size or experts.
+
+        Forward code must not assume full head counts: reshape with ``-1`` (local heads)."""
+        return None
+
     # -- hooks the trainer calls ----------------------------------------------------------------
 
     def step_end(self, communicator: Communicator) -> dict[str, float]:
@@ -368,7 +379,7 @@ class CausalLM(nn.Module, ABC):
             if id(tensor) in seen:
                 continue
             seen.add(id(tensor))
-            out[key] = tensor.detach()
+            out[key] = parallel.unsharded(self, tensor).detach()
         return out
 
     def load_hf_state_dict(

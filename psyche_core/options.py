@@ -182,19 +182,44 @@ CORE_OPTIONS: tuple[OptionSpec, ...] = (
         "replaced); folders psyche did not write are refused regardless.",
     ),
     OptionSpec(
+        "peers",
+        int,
+        None,
+        "P: decentralised peers simulated; only the optimizer's exchange (DisTrO's payload, "
+        "AdamW's mean gradient) crosses between them, and its bytes are counted. Default 1; "
+        "under torchrun one per node.",
+        min=1,
+    ),
+    OptionSpec(
         "data-parallelism",
         int,
-        1,
-        "Number of data-parallel peers started on this machine (under torchrun: the world "
-        "size torchrun gives).",
+        None,
+        "D: replicas inside each peer, splitting its share of the batch and averaging "
+        "gradients (Psyche's meaning). Default 1; under torchrun the ranks per node / T.",
         min=1,
+    ),
+    OptionSpec(
+        "tensor-parallelism",
+        int,
+        1,
+        "T: ranks splitting every layer's matrices with the model plugin's plan (DTensor). "
+        "World size = P x D x T.",
+        min=1,
+    ),
+    OptionSpec(
+        "fsdp",
+        bool,
+        False,
+        "Shard the D replicas' parameters, gradients and optimizer state with FSDP2 instead "
+        "of keeping D full copies.",
     ),
     OptionSpec(
         "dp-backend",
         ("auto", "gloo", "nccl", "threads"),
         "auto",
-        "How peers talk: gloo (CPU) or nccl (CUDA) processes via torch.distributed (auto "
-        "picks by device), or threads of this one process (simulated peers).",
+        "How ranks talk: gloo (CPU) or nccl (CUDA) processes via torch.distributed (auto "
+        "picks by device), or threads of this one process (simulated peers; not with "
+        "--tensor-parallelism or --fsdp).",
     ),
     OptionSpec(
         "peer-timeout",

@@ -20,6 +20,7 @@ from psyche_core import checkpoint, hf, paths
 from psyche_core.compiling import resolve_compile
 from psyche_core.errors import PsycheError
 from psyche_core.flops import peak_flops
+from psyche_core.layout import Layout, resolve_layout, torchrun_shape
 from psyche_core.options import Options, all_option_specs, check_bounds, resolve
 from psyche_core.plugins import Plugins
 from psyche_core.precision import Precision, resolve_precision
@@ -51,7 +52,7 @@ RUN_DEFINING = (
     "token_size",
     "total_batch",
     "seed",
-    "data_parallelism",
+    "peers",
 )
 
 # Options that may differ between peers without changing what is trained.
@@ -82,7 +83,7 @@ class RunPlan:
     evaluators: tuple[EvaluatorSpec, ...]  # evaluations switched on (--eval-tasks)
     device: torch.device
     dtype: torch.dtype
-    world_size: int
+    layout: Layout
     seed: int
     trainer: TrainerConfig
     schedule: LRSchedule
@@ -93,6 +94,10 @@ class RunPlan:
     fingerprint: dict[str, Any]  # what peers compare before training together
     resume: ResumePoint | None
     plugin_load_args: tuple[bool, tuple[str, ...]]
+
+    @property
+    def world_size(self) -> int:
+        return self.layout.world_size
 
 
 def resolve_run_options(
@@ -107,6 +112,9 @@ def resolve_run_options(
         raise PsycheError("--resume and --start-step both pick the first step; give only one")
     found = checkpoint.read(checkpoint.find_checkpoint(options.resume, options.resume_latest_valid))
     recorded = dict(found.run.get("options", {}))
+    if "peers" not in recorded and "data_parallelism" in recorded:
+        # before --peers existed, --data-parallelism N meant N peers
+        recorded["peers"] = recorded.pop("data_parallelism")
     run_folder = found.path.resolve().parent  # step-NNNNNN sits in the run's save path
     for key in found.run.get("run_relative", ()):
         if recorded.get(key):
@@ -162,12 +170,16 @@ def check_outputs(options: Options) -> None:
         paths.check_writable("wandb-project", Path(os.environ.get("WANDB_DIR", ".")))
 
 
-def make_plan(options: Options, plugins: Plugins, world_size: int) -> RunPlan:
-    """Resolve and check every user-facing choice of a run of ``world_size`` peers."""
+def make_plan(options: Options, plugins: Plugins, layout: Layout | None = None) -> RunPlan:
+    """Resolve and check every user-facing choice of a run laid out as ``layout`` (default:
+    from the options, and torchrun's world when launched by it)."""
     check_numbers(options, all_option_specs(plugins))
     check_outputs(options)
     device = resolve_device(options.device)
-    plan_batches(options.total_batch, options.micro_batch, world_size)
+    if layout is None:
+        layout = run_layout(options)
+    check_layout(layout, options, device)
+    plan_batches(options.total_batch, options.micro_batch, layout.data_ranks)
     resume = None
     if options.resume:
         found = checkpoint.read(options.resume)
@@ -217,18 +229,53 @@ def make_plan(options: Options, plugins: Plugins, world_size: int) -> RunPlan:
         evaluators=evaluators,
         device=device,
         dtype=precision.param_dtype,
-        world_size=world_size,
+        layout=layout,
         seed=seed,
         trainer=trainer,
         schedule=schedule,
         precision=precision,
         compile=compiled,
         notes=(compile_note,) if compile_note else (),
-        record=run_record(options, plugins, model, data, optimizer, world_size),
+        record=run_record(options, plugins, model, data, optimizer, layout.peers),
         fingerprint=config_fingerprint(options, plugins),
         resume=resume,
         plugin_load_args=plugins.load_args,
     )
+
+
+def run_layout(options: Options) -> Layout:
+    """P x D x T from the flags, degrees left out inferred from torchrun's world."""
+    return resolve_layout(
+        options.peers,
+        options.data_parallelism,
+        options.tensor_parallelism,
+        options.fsdp,
+        torchrun_shape(),
+    )
+
+
+def check_layout(layout: Layout, options: Options, device: torch.device) -> None:
+    """Refuse layouts this run cannot have, before any rank starts."""
+    if layout.needs_mesh and options.dp_backend == "threads":
+        raise PsycheError(
+            "--tensor-parallelism and --fsdp shard tensors with torch.distributed (DTensor), "
+            "which needs process ranks: leave out --dp-backend threads"
+        )
+    if layout.needs_mesh and options.compile != "off":
+        raise PsycheError(
+            "--compile does not combine with --tensor-parallelism or --fsdp yet; "
+            "leave one of them out"
+        )
+    if options.dp_backend == "nccl" and not torch.cuda.is_available():
+        raise PsycheError(
+            "--dp-backend nccl needs CUDA GPUs and this machine has none; use gloo on CPU"
+        )
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and torchrun_shape() is None and layout.world_size > gpus:
+        raise PsycheError(
+            f"{layout.describe()} needs {layout.world_size} GPUs (one per rank) and "
+            f"{gpus} are present; lower the degrees or run on CPU"
+        )
 
 
 def eval_data_options(options: Options) -> Options:

@@ -245,7 +245,7 @@ def print_header(console: Console, plan: RunPlan, model: CausalLM, data: Any, de
         console.print(f"  {note}", highlight=False)
     console.print(
         f"  batch     {options.total_batch} x {options.sequence_length} tokens over "
-        f"{plan.world_size} peer(s), steps {options.start_step}..{options.total_steps}",
+        f"{plan.layout.describe()}, steps {options.start_step}..{options.total_steps}",
         highlight=False,
     )
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
-from psyche_core.launch import launch, world_size
+from psyche_core.launch import launch
 from psyche_core.options import Options
 from psyche_core.plan import make_plan
 from psyche_core.plugins import Plugins
@@ -30,11 +30,12 @@ def train(
 ) -> dict[str, Any]:
     """Run ``psyche train`` with resolved options; returns peer 0's summary.
 
-    Under torchrun this process is one peer; otherwise ``--data-parallelism N`` peers are
-    started here, as processes (gloo / NCCL) or as threads (``--dp-backend threads``).
+    Under torchrun this process is one rank; otherwise the ``--peers`` x ``--data-parallelism``
+    x ``--tensor-parallelism`` ranks are started here, as processes (gloo / NCCL) or as
+    threads (``--dp-backend threads``).
     """
     console = console or Console(stderr=True, soft_wrap=True)
-    plan = make_plan(options, plugins, world_size(options))
+    plan = make_plan(options, plugins)
     summary, rank = launch(plan, plugins, console, stop)
     if rank == 0:
         print_summary(console, summary)

@@ -13,6 +13,7 @@ wrapping past the end for multi-epoch runs); peer ``r`` of ``N`` takes the ``r``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import threading
 import time
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 
 import torch
 
+from psyche_core import parallel
 from psyche_core.comm import Communicator, LocalGroup
 from psyche_core.data import DataProvider, TokenizedData, collate
 from psyche_core.errors import PsycheError
@@ -31,6 +33,7 @@ from psyche_core.evaluation import HeldOut, evaluate
 from psyche_core.model import CausalLM
 from psyche_core.optim import Optimizer, StepContext, clip_grad_norm_
 from psyche_core.schedule import LRSchedule
+from psyche_core.topology import Topology
 
 
 @dataclass(frozen=True)
@@ -113,19 +116,32 @@ class Trainer:
         checkpoints: CheckpointPolicy | None = None,
         held_out: HeldOut | None = None,
         evaluators: Sequence[Evaluator] = (),
+        topology: Topology | None = None,
     ) -> None:
+        """``communicator``: the peers of a run without replicas or tensor parallelism;
+        ``topology``: this rank's place in any layout (replaces ``communicator``)."""
         self.model = model
         self.data = data
         self.optimizer = optimizer
         self.schedule = schedule
         self.config = config
-        self.comm = communicator or LocalGroup(1).communicator(0)
+        if topology is None:
+            topology = Topology.of_peers(communicator or LocalGroup(1).communicator(0))
+        self.topology = topology
+        self.layout = topology.layout
+        self.comm = topology.link  # the peer link: the traffic bytes_sent counts
+        self.world = topology.world  # every rank: agreement, metrics, evaluation
         self.reporters = list(reporters)
         self.device = torch.device(device)
         self.checkpoints = checkpoints
         self.per_peer, self.micro_batch = plan_batches(
-            config.total_batch, config.micro_batch, self.comm.world_size
+            config.total_batch, config.micro_batch, self.layout.data_ranks
         )
+        # gradients clipped by their global norm: the whole (DTensor) parameter when sharded
+        self._clip_params = [
+            optimizer.shards[name].param if name in optimizer.shards else p
+            for name, p in optimizer.named_params
+        ]
         if config.start_step < 1:
             raise PsycheError(f"--start-step must be at least 1, got {config.start_step}")
         self.held_out = held_out
@@ -151,7 +167,7 @@ class Trainer:
 
     def sample_ids(self, step: int) -> Sequence[int]:
         """This peer's sample indices for global ``step`` (wrapping past the end)."""
-        first = (step - 1) * self.config.total_batch + self.comm.rank * self.per_peer
+        first = (step - 1) * self.config.total_batch + self.topology.data_rank * self.per_peer
         n = self.train_sequences
         start = first % n
         if start + self.per_peer <= n:
@@ -174,6 +190,7 @@ class Trainer:
             collect_stats=self.config.optim_stats,
         )
         bytes_before = self.comm.bytes_sent
+        intra_before = self.topology.replicas.bytes_sent
         self.model.train()
         optimizer_started = time.perf_counter()
         self.optimizer.prepare_step(ctx)
@@ -183,8 +200,8 @@ class Trainer:
             # One small all-reduce carries what peers must agree on before anything changes:
             # a non-finite loss stops every peer with the weights of the last completed step.
             shared = torch.tensor([local_loss, float(stop_requested)], dtype=torch.float64)
-            with self.comm.uncounted():
-                self.comm.all_reduce_mean_([shared])
+            with self.world.uncounted():
+                self.world.all_reduce_mean_([shared])
             loss, stop = shared.tolist()
             if not math.isfinite(loss):
                 raise PsycheError(
@@ -192,11 +209,14 @@ class Trainer:
                 )
             # the optimizer's share of the step: its lookahead, exchange, clipping and update
             optimizer_started = time.perf_counter()
-            params = self.optimizer.params
+            self.optimizer.attach_grads()
+            grads = [p.grad for p in self.optimizer.params if p.grad is not None]
+            if self.layout.replicas > 1 and not self.layout.fsdp:
+                # plain replicas average inside the peer (FSDP2 reduce-scattered already)
+                self.topology.replicas.all_reduce_mean_(grads)
             if self.optimizer.averages_gradients:
-                grads = [p.grad for p in params if p.grad is not None]
                 self.comm.all_reduce_mean_(grads)
-            norm = clip_grad_norm_(params, self.config.max_grad_norm)
+            norm = clip_grad_norm_(self._clip_params, self.config.max_grad_norm)
         except BaseException:
             self.optimizer.abort_step(ctx)
             self.optimizer.zero_grad()
@@ -205,17 +225,19 @@ class Trainer:
         stats = self.optimizer.step(ctx)
         self.optimizer.zero_grad()
         optimizer_s += time.perf_counter() - optimizer_started
-        model_metrics = self.model.step_end(self.comm)
+        model_metrics = self.model.step_end(self.world)
         self.state_step = step
-        self.tokens_seen += tokens * self.comm.world_size
+        self.tokens_seen += tokens * self.layout.data_ranks
         self.next_step = step + 1
         bytes_sent = self.comm.bytes_sent - bytes_before
-        if self.optimizer.averages_gradients:
-            mean_norm = norm  # every peer clipped the same averaged gradients
-        else:
+        intra_bytes = self.topology.replicas.bytes_sent - intra_before
+        mean_norm = norm  # with averaged gradients every peer clipped the same ones
+        if self.layout.world_size > self.layout.peers:
+            mean_norm, bytes_sent, intra_bytes = self._peer_totals(norm, bytes_sent, intra_bytes)
+        elif not self.optimizer.averages_gradients:
             norms = torch.tensor([norm], dtype=torch.float64)
-            with self.comm.uncounted():
-                self.comm.all_reduce_mean_([norms])
+            with self.world.uncounted():
+                self.world.all_reduce_mean_([norms])
             mean_norm = norms.item()
         elapsed = time.perf_counter() - started
         compile_s = 0.0
@@ -223,7 +245,7 @@ class Trainer:
             compile_s = min(elapsed, _compile_seconds() - compiling_before)
             elapsed -= compile_s
             self.compile_s += compile_s
-        global_tokens = tokens * self.comm.world_size
+        global_tokens = tokens * self.layout.data_ranks
         throughput = self._throughput(tokens, elapsed)
         metrics: dict[str, Any] = {
             "step": step,
@@ -236,6 +258,7 @@ class Trainer:
             "optimizer_s": optimizer_s,
             "data_wait_s": data_wait,
             "bytes_sent": bytes_sent,
+            **({"intra_peer_bytes": intra_bytes} if self.layout.replicas > 1 else {}),
             **throughput,
             **({"compile_s": compile_s} if compile_s > 0 else {}),
             **stats,
@@ -243,6 +266,21 @@ class Trainer:
         }
         self.stop_agreed = stop > 0
         return metrics
+
+    def _peer_totals(self, norm: float, sent: int, intra: int) -> tuple[float, int, int]:
+        """The mean gradient norm over peers, and peer 0's bytes summed over its ranks: each
+        tensor-parallel or FSDP shard crosses the peer link from its own rank."""
+        mine = self.topology.peer == 0
+        values = torch.tensor(
+            [norm, sent if mine else 0, intra if mine else 0], dtype=torch.float64
+        )
+        with self.world.uncounted():
+            self.world.all_reduce_mean_([values])
+        world = self.layout.world_size
+        mean_norm = values[0].item()
+        if self.optimizer.averages_gradients:
+            mean_norm = norm
+        return mean_norm, round(values[1].item() * world), round(values[2].item() * world)
 
     def _throughput(self, tokens: int, seconds: float) -> dict[str, float]:
         """This peer's achieved model TFLOP/s and, when the peak is known, MFU."""
@@ -363,7 +401,16 @@ class Trainer:
         """The held-out loss and every evaluator's scores for the model as it is now."""
         scores: dict[str, float] = {}
         if self.held_out is not None:
-            scores.update(evaluate(self.model, self.held_out, self.comm, self.device))
+            scores.update(
+                evaluate(
+                    self.model,
+                    self.held_out,
+                    self.world,
+                    self.device,
+                    self.topology.data_rank,
+                    self.layout.data_ranks,
+                )
+            )
         for evaluator in self.evaluators:
             scores.update(evaluator(self.model, step))
         return scores
@@ -415,6 +462,11 @@ class Trainer:
         target = Path(policy.root) / checkpoint.step_dir_name(self.state_step)
         if checkpoint.verify(target) is None:
             return f"last checkpoint: {target} (continue with --resume {target})"
+        if self.layout.needs_mesh:
+            return (
+                "no emergency checkpoint: a sharded model needs every rank to gather its "
+                "weights; resume from the last periodic checkpoint"
+            )
         world = self.comm.world_size
         if world > 1 and not self.optimizer.averages_gradients:
             return (
@@ -442,33 +494,48 @@ class Trainer:
             f"(continue with --resume {target})"
         )
 
+    @property
+    def states_per_rank(self) -> bool:
+        """Whether checkpoints hold each rank's optimizer state (a sharded run of an optimizer
+        whose state is not layout-free) rather than each peer's."""
+        return self.layout.needs_mesh and not self.optimizer.layout_free_state
+
     def save_checkpoint(self, step: int) -> Path:
-        """Every peer sends its state to peer 0, which writes ``root/step-NNNNNN``."""
+        """Every peer (or, for per-rank states, every rank) sends its state to rank 0, which
+        writes ``root/step-NNNNNN`` with the model's full weights."""
         from psyche_core import checkpoint
 
         assert self.checkpoints is not None
-        mine = checkpoint.state_to_bytes(self.peer_state())
-        with self.comm.uncounted():
+        mine = checkpoint.state_to_bytes(self.peer_state())  # sharded: gathered whole here
+        group = self.world if self.states_per_rank else self.comm
+        with group.uncounted():
             payload = torch.frombuffer(bytearray(mine), dtype=torch.uint8)
-            states = self.comm.all_gather_bytes(payload)
+            states = group.all_gather_bytes(payload)
         target = Path(self.checkpoints.root) / checkpoint.step_dir_name(step)
         error = None
-        if self.comm.rank == 0:
-            try:
-                trainer = {"tokens": self.tokens_seen, "world_size": self.comm.world_size}
-                checkpoint.write(
-                    self.checkpoints.root,
-                    step,
-                    self.model,
-                    [bytes(s.numpy().tobytes()) for s in states],
-                    trainer,
-                    self.checkpoints.run_record or {},
-                    self.checkpoints.keep_last,
-                )
-            except Exception as exc:
-                error = f"writing checkpoint {target} failed: {exc}"
-        # Everyone learns whether peer 0 succeeded, so no peer trains on past a failed save.
-        errors = [e for e in self.comm.all_gather_object(error) if e]
+        with parallel.full_weights(self.model):  # every rank takes part in the gather
+            if self.world.rank == 0:
+                try:
+                    trainer = {
+                        "tokens": self.tokens_seen,
+                        "world_size": self.layout.peers,
+                        "layout": dataclasses.asdict(self.layout),
+                        "states": "rank" if self.states_per_rank else "peer",
+                    }
+                    checkpoint.write(
+                        self.checkpoints.root,
+                        step,
+                        self.model,
+                        [bytes(s.numpy().tobytes()) for s in states],
+                        trainer,
+                        self.checkpoints.run_record or {},
+                        self.checkpoints.keep_last,
+                    )
+                except Exception as exc:
+                    error = f"writing checkpoint {target} failed: {exc}"
+        # Everyone learns whether rank 0 succeeded, so no rank trains on past a failed save.
+        with self.world.uncounted():
+            errors = [e for e in self.world.all_gather_object(error) if e]
         if errors:
             raise PsycheError(errors[0])
         return target

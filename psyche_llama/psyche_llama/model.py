@@ -286,7 +286,7 @@ class LlamaAttention(nn.Module):
         """Reference attention: softmax in float32; each key/value head serves its group of
         query heads through a reshape instead of copying keys and values per head."""
         B, H, T, hd = q.shape
-        kv = self.num_kv_heads
+        kv = k.shape[1]  # this rank's key/value heads (all of them without tensor parallelism)
         grouped_q = q.reshape(B, kv, (H // kv) * T, hd)  # (B, kv, group * T, hd)
         scores = (grouped_q @ k.transpose(2, 3)).view(B, H, T, T) * self.scaling
         if mask is None:
@@ -381,6 +381,38 @@ class LlamaForCausalLM(CausalLM):
         super().init_weights(generator)
         if self.config.pad_token_id is not None:
             self.model.embed_tokens.weight[self.config.pad_token_id].zero_()
+
+    def tensor_parallel_plan(self, degree: int) -> dict[str, Any]:
+        """Megatron's split, as torchtitan and transformers' ``tp_plan``: q/k/v and gate/up
+        column-parallel (each rank its heads and its part of the intermediate size), o and down
+        row-parallel (partial sums all-reduced). The vocabulary is split too: the embedding by
+        rows and the LM head by columns, its logits gathered for the loss. Tied embeddings
+        stay whole on every rank (one parameter cannot take two layouts)."""
+        from torch.distributed.tensor import Replicate
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+        config = self.config
+        for field in ("num_attention_heads", "num_key_value_heads", "intermediate_size"):
+            value = getattr(config, field)
+            if value % degree:
+                raise PsycheError(
+                    f"--tensor-parallelism {degree} must divide the model's {field} ({value}); "
+                    "pick a divisor"
+                )
+        layer = "model.layers.*."
+        plan: dict[str, Any] = {
+            layer + "self_attn.q_proj": ColwiseParallel(),
+            layer + "self_attn.k_proj": ColwiseParallel(),
+            layer + "self_attn.v_proj": ColwiseParallel(),
+            layer + "self_attn.o_proj": RowwiseParallel(),
+            layer + "mlp.gate_proj": ColwiseParallel(),
+            layer + "mlp.up_proj": ColwiseParallel(),
+            layer + "mlp.down_proj": RowwiseParallel(),
+        }
+        if not config.tie_word_embeddings and config.vocab_size % degree == 0:
+            plan["model.embed_tokens"] = RowwiseParallel(input_layouts=Replicate())
+            plan["lm_head"] = ColwiseParallel(output_layouts=Replicate())
+        return plan
 
     def load_hf_state_dict(self, state: Mapping[str, torch.Tensor], **kwargs: Any) -> None:
         # A tied checkpoint may still carry lm_head.weight; transformers ignores it, so do we.

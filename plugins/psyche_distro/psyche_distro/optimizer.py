@@ -28,6 +28,7 @@ all peers apply bit-identical updates and keep identical weights.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -64,6 +65,10 @@ class DistroOptimizer(Optimizer):
     """
 
     averages_gradients = False
+    # Each rank compresses the shard it holds and exchanges with the ranks holding the same
+    # shard in the other peers (as Psyche compresses local tensor-parallel shards). The state is
+    # per rank: a sharded run resumes on the same layout.
+    supports_sharding = True
 
     def __init__(
         self,
@@ -104,7 +109,13 @@ class DistroOptimizer(Optimizer):
                 continue  # nothing to send or update
             if not p.is_contiguous():
                 raise PsycheError(f"DisTrO needs contiguous parameters; {name!r} is not")
-            params.append((name, p, ChunkGrid.for_shape(tuple(p.shape), self.chunk)))
+            grid = shard_grid(
+                tuple(p.shape),
+                self.global_shape(name, p),
+                self.shard_offsets(name, p),
+                self.chunk,
+            )
+            params.append((name, p, grid))
         self._names = [name for name, _, _ in params]
         self._params = [p for _, p, _ in params]
         self.layout = PayloadLayout(
@@ -358,6 +369,32 @@ def _l1(t: torch.Tensor) -> float:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def shard_grid(
+    shape: tuple[int, ...], full: tuple[int, ...], offsets: tuple[int, ...], chunk: int
+) -> ChunkGrid:
+    """The chunk grid of a parameter shard: the full tensor's chunks that fall in the shard when
+    its boundaries lie on chunk boundaries (then the chunks, and so the top-k, are those of the
+    unsharded run), else the shard's own grid."""
+    own = ChunkGrid.for_shape(shape, chunk)
+    if shape == full:
+        return own
+    whole = ChunkGrid.for_shape(full, chunk)
+    if len(shape) <= 1:
+        aligned = shape[0] % whole.n2 == 0 and offsets[0] % whole.n2 == 0
+        return ChunkGrid(shape, 1, whole.n2, shape[0] // whole.n2, 1) if aligned else own
+    rows, cols = shape[-2], shape[-1]
+    aligned = (
+        rows % whole.n1 == 0
+        and cols % whole.n2 == 0
+        and offsets[-2] % whole.n1 == 0
+        and offsets[-1] % whole.n2 == 0
+    )
+    if not aligned:
+        return own
+    lead = math.prod(shape[:-2]) * (rows // whole.n1)
+    return ChunkGrid(shape, whole.n1, whole.n2, lead, cols // whole.n2)
 
 
 def build_distro(model: nn.Module, options: Options) -> DistroOptimizer:
