@@ -69,7 +69,7 @@ def main() -> None:
     for name, changes in OPTIMIZERS.items():
         for peers, backend in ((1, "auto"), (2, "gloo")):
             key = f"{name}/{peers}-peer{'s' if peers > 1 else ''}"
-            extra = {**changes, "data_parallelism": peers, "dp_backend": backend}
+            extra = {**changes, "peers": peers, "dp_backend": backend}
             results[key] = measure(plugins, shared, extra, skip=2)
     from psyche_core.resolve import resolve_model
 

@@ -61,11 +61,16 @@ class AdamW(Optimizer):
         tensor-parallel or FSDP run), so a checkpoint resumes on any layout."""
         state = self.torch_optimizer.state_dict()
         if self.shards:
+            # torch's state dict shares the per-parameter dicts with the live optimizer: build
+            # new ones rather than write gathered tensors into the optimizer's own state
+            state = {**state, "state": dict(state["state"])}
             for index, (name, _) in enumerate(self.named_params):
-                moments = state["state"].get(index, {})
-                for key, value in moments.items():
-                    if key != "step":
-                        moments[key] = self.full_state(name, value)
+                moments = state["state"].get(index)
+                if moments is not None:
+                    state["state"][index] = {
+                        key: value if key == "step" else self.full_state(name, value)
+                        for key, value in moments.items()
+                    }
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -42,6 +42,19 @@ With no arguments: the installed plugins' default model (the tiny Llama with the
 plugins) on the embedded sample data, in about two minutes on a laptop CPU. Every option can also
 come from a TOML file (--config run.toml, keys named like the flags); flags given on the command
 line win over the file.
+
+\b
+Parallel layout: P peers x D replicas x T tensor-parallel ranks (world = P x D x T).
+  --peers P               decentralised peers; only the optimizer's exchange crosses
+                          between them (DisTrO payload / AdamW mean gradient), counted
+                          in bytes_sent
+  --data-parallelism D    replicas inside each peer, averaging gradients
+                          (--fsdp: FSDP2 shards them instead of D full copies)
+  --tensor-parallelism T  each layer's matrices split by the model plugin's plan
+\b
+  peer 0: [replica 0: tp0 tp1] [replica 1: tp0 tp1]  <- peer link ->  peer 1: ...
+Under torchrun: one peer per node and D = ranks per node / T unless given.
+See docs/parallelism.md.
 """
 
 

@@ -70,7 +70,7 @@ def test_train_help_documents_every_psyche_flag(plugins):
         "--start-step",
         "--seed",
         "--save-path",
-        "--data-parallelism",
+        "--peers",
         "--optim-stats",
         "--optimizer",
         "--config",

@@ -32,7 +32,7 @@ def test_threads_and_gloo_processes_train_the_same(tmp_path, plugins):
     losses, weights = {}, {}
     for backend in ("threads", "gloo"):
         out = tmp_path / backend
-        run.train(options(out, data_parallelism=2, micro_batch=2, dp_backend=backend), plugins)
+        run.train(options(out, peers=2, micro_batch=2, dp_backend=backend), plugins)
         losses[backend] = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
         weights[backend] = ToyForCausalLM.from_pretrained(out / "model").state_dict()
     assert losses["threads"] == pytest.approx(losses["gloo"], abs=1e-6)
@@ -97,4 +97,17 @@ def test_torchrun_joins_the_process_group_by_itself(tmp_path):
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]  # rank 0 alone writes metrics
     assert result.stderr.count("psyche train  model toy") == 1  # and alone logs
-    assert "over 2 peer(s)" in result.stderr
+    # one node of two processes: one peer of two replicas (torchrun's cluster shape)
+    assert "over 1 peer x 2 replicas (2 ranks)" in result.stderr
+
+
+def test_a_model_without_a_tensor_parallel_plan_is_refused_at_t2(tmp_path, plugins):
+    with pytest.raises(PsycheError, match="declares no tensor-parallel plan; run it with"):
+        run.train(options(tmp_path, tensor_parallelism=2, micro_batch=None), plugins)
+
+
+def test_an_optimizer_that_cannot_update_shards_is_refused(tmp_path, plugins):
+    with pytest.raises(PsycheError, match="cannot update sharded parameters"):
+        run.train(
+            options(tmp_path, optimizer="toy-sgd", data_parallelism=2, fsdp=True), plugins
+        )

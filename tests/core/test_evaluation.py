@@ -69,8 +69,8 @@ def test_val_loss_in_the_metrics_and_equal_for_thread_and_process_peers(tmp_path
     one = losses("one")
     assert list(one) == [4, 8, 12]
     assert one[12] < one[4]  # held-out loss falls as the toy learns the pattern
-    threads = losses("threads", data_parallelism=2, dp_backend="threads")
-    processes = losses("gloo", data_parallelism=2, dp_backend="gloo")
+    threads = losses("threads", peers=2, dp_backend="threads")
+    processes = losses("gloo", peers=2, dp_backend="gloo")
     assert threads == processes
     assert threads == pytest.approx(one, rel=1e-5)
 

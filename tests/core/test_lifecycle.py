@@ -178,7 +178,7 @@ def test_a_signal_finishes_the_step_saves_and_exits(tmp_path, sig, code, peers):
             "100000",
             "--warmup-steps",
             "1",
-            "--data-parallelism",
+            "--peers",
             str(peers),
             "--metrics",
             str(metrics),

@@ -235,7 +235,7 @@ def test_workers_die_with_a_killed_launcher_and_write_nothing(tmp_path):
             "100000",
             "--warmup-steps",
             "1",
-            "--data-parallelism",
+            "--peers",
             "2",
             "--checkpoint-every",
             "1",
@@ -305,7 +305,7 @@ def test_a_dead_peer_leaves_a_resumable_checkpoint(tmp_path, plugins):
         data_provider="toy-failing",
         toy_fail_how="die",
         toy_fail_at=44,  # peer 1's share of step 6, fetched ahead during step 5
-        data_parallelism=2,
+        peers=2,
         dp_backend="gloo",
         checkpoint_every=0,
         peer_timeout=20.0,

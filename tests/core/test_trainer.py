@@ -192,7 +192,7 @@ def test_a_seeded_run_repeats_bit_for_bit(tmp_path, plugins):
 def test_two_in_process_peers_equal_one_process_with_adamw(tmp_path, plugins):
     one, two = tmp_path / "one", tmp_path / "two"
     run.train(options(one), plugins)
-    run.train(options(two, data_parallelism=2, micro_batch=1, dp_backend="threads"), plugins)
+    run.train(options(two, peers=2, micro_batch=1, dp_backend="threads"), plugins)
     la = [r["loss"] for r in read_metrics(one / "metrics.jsonl")]
     lb = [r["loss"] for r in read_metrics(two / "metrics.jsonl")]
     assert la == pytest.approx(lb, abs=1e-6)

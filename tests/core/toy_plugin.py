@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from psyche_core import DataProviderSpec, ModelSpec, OptionSpec, hookimpl
+from psyche_core import DataProviderSpec, ModelSpec, OptimizerSpec, OptionSpec, hookimpl
 from psyche_core.data import DataProvider, TokenizedData
 from psyche_core.errors import PsycheError
 from psyche_core.model import CausalLM, CausalLMOutput, ModelConfig
+from psyche_core.optim import Optimizer
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -149,3 +150,23 @@ def register_data_providers(register):
             ),
         )
     )
+
+
+class ToySGD(Optimizer):
+    """Plain SGD that declares nothing about sharded parameters (the default)."""
+
+    def step(self, ctx):
+        with torch.no_grad():
+            for p in self.params:
+                if p.grad is not None:
+                    p -= ctx.lr * p.grad
+        return {}
+
+
+def build_sgd(model, options):
+    return ToySGD(model.named_parameters())
+
+
+@hookimpl
+def register_optimizers(register):
+    register(OptimizerSpec(name="toy-sgd", factory="tests.core.toy_plugin:build_sgd"))

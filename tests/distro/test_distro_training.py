@@ -48,7 +48,7 @@ def test_threads_and_gloo_processes_give_the_same_distro_run(tmp_path, plugins, 
     results = {}
     for backend in ("threads", "gloo"):
         out = tmp_path / backend
-        train(plugins, out, data_parallelism=2, dp_backend=backend, distro_mode=mode)
+        train(plugins, out, peers=2, dp_backend=backend, distro_mode=mode)
         results[backend] = (read_metrics(out / "metrics.jsonl"), weights(out / "run"))
     (rows_t, w_t), (rows_g, w_g) = results["threads"], results["gloo"]
     assert [r["loss"] for r in rows_t] == pytest.approx([r["loss"] for r in rows_g], abs=1e-6)
@@ -62,12 +62,12 @@ def test_threads_and_gloo_processes_give_the_same_distro_run(tmp_path, plugins, 
 @pytest.mark.parametrize("quantize", [False, True])
 def test_resumed_distro_run_equals_the_uninterrupted_one_bit_for_bit(tmp_path, plugins, quantize):
     full, part = tmp_path / "full", tmp_path / "part"
-    train(plugins, full, distro_quantization=quantize, data_parallelism=2, dp_backend="threads")
+    train(plugins, full, distro_quantization=quantize, peers=2, dp_backend="threads")
     train(
         plugins,
         part,
         distro_quantization=quantize,
-        data_parallelism=2,
+        peers=2,
         dp_backend="threads",
         checkpoint_every=3,
     )

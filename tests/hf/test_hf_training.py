@@ -108,7 +108,7 @@ def test_data_parallel_peers_as_threads_and_processes_train_alike(plugins, tmp_p
     common = {"model": "hf:gpt2-tiny", "total_steps": 3, "micro_batch": 2}
     run.train(options(plugins, one, save_path=str(one / "m"), **common), plugins)
     for out, backend in ((threads, "threads"), (gloo, "gloo")):
-        peers = {"data_parallelism": 2, "dp_backend": backend, "save_path": str(out / "m")}
+        peers = {"peers": 2, "dp_backend": backend, "save_path": str(out / "m")}
         run.train(options(plugins, out, **peers, **common), plugins)
     # Two peers see exactly the samples of one process (the losses agree), and thread and
     # process peers compute alike (same threads per peer: launch.threads_per_local_peer)
@@ -123,7 +123,7 @@ def test_data_parallel_peers_as_threads_and_processes_train_alike(plugins, tmp_p
 def test_distro_flag_with_two_thread_peers(plugins, tmp_path):
     flags = {"model": "hf:mistral-tiny", "distro": True, "total_steps": 3}
     run.train(
-        options(plugins, tmp_path, data_parallelism=2, dp_backend="threads", **flags), plugins
+        options(plugins, tmp_path, peers=2, dp_backend="threads", **flags), plugins
     )
     assert all(math.isfinite(x) for x in losses(tmp_path))
 
