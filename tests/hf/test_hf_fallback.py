@@ -78,7 +78,7 @@ def test_a_run_resumes_with_the_model_plugin_it_was_trained_with(llama_checkpoin
     assert checkpoint.read(step2).run["model"]["spec"] == "hf"
     flags = {"resume": str(step2), "metrics": str(resumed / "metrics.jsonl")}
     options_ = plan.resolve_run_options(specs, flags, None)
-    assert plan.make_plan(options_, plugins, 1).model.spec.name == "hf"
+    assert plan.make_plan(options_, plugins).model.spec.name == "hf"
     run.train(options_, plugins)
     assert losses(resumed) == losses(full)[2:]
     assert torch.isfinite(torch.tensor(losses(resumed))).all()
