@@ -86,7 +86,8 @@ class ReplicatedPeerLink(Communicator):
         if self.leader:
             self.bytes_sent += 4 * sum(t.numel() for t in tensors)
             self.link.all_reduce_mean_(tensors)
-        self.replicas.broadcast_(tensors, src=0)
+        if self.world_size > 1:  # one peer: the replicas hold the same tensors already
+            self.replicas.broadcast_(tensors, src=0)
 
     def all_gather_bytes(self, payload: torch.Tensor) -> list[torch.Tensor]:
         if payload.dtype != torch.uint8 or payload.dim() != 1:

@@ -1,8 +1,10 @@
-"""The training loop: one peer's view of a data-parallel run.
+"""The training loop: one rank's view of a run of P peers x D replicas x T tensor-parallel ranks
+(see :mod:`psyche_core.layout`).
 
-Each peer runs a :class:`Trainer` over its own model replica, data provider and optimizer; peers
-meet only in the communicator's collectives, so the same code runs as threads of one process
-(``LocalCommunicator``) or as processes on several machines (``torch.distributed``).
+Each rank runs a :class:`Trainer` over its own model (replica or shards), data provider and
+optimizer; ranks meet only in the collectives of its :class:`~psyche_core.topology.Topology`
+and of DTensor, so the same code runs as threads of one process (``LocalCommunicator``) or as
+processes on several machines (``torch.distributed``).
 
 Global step ``s`` uses samples ``(s-1)*B .. s*B-1`` of the provider (``B`` = total batch,
 wrapping past the end for multi-epoch runs); peer ``r`` of ``N`` takes the ``r``-th slice of
@@ -283,8 +285,9 @@ class Trainer:
         return mean_norm, round(values[1].item() * world), round(values[2].item() * world)
 
     def _throughput(self, tokens: int, seconds: float) -> dict[str, float]:
-        """This peer's achieved model TFLOP/s and, when the peak is known, MFU."""
-        flops = (self.flops_per_token or 0.0) * tokens
+        """This rank's achieved model TFLOP/s and, when the peak is known, MFU (a
+        tensor-parallel rank computes 1/T of its tokens' FLOPs)."""
+        flops = (self.flops_per_token or 0.0) * tokens / self.layout.tensor
         self.model_flops += flops
         self.compute_s += seconds
         achieved = flops / seconds if seconds > 0 else 0.0
