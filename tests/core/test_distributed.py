@@ -59,7 +59,16 @@ def test_a_hung_peer_times_out(tmp_path):
         spawn_peers(2, "gloo", 2, peer_functions.one_peer_hangs, None)
 
 
-def test_torchrun_joins_the_process_group_by_itself(tmp_path):
+@pytest.mark.parametrize(
+    ("flags", "layout"),
+    [
+        # one node of two processes: one peer of two replicas (torchrun's cluster shape)
+        ((), "over 1 peer x 2 replicas (2 ranks)"),
+        # a flag overrides the inferred degree
+        (("--peers", "2"), "over 2 peers (2 ranks)"),
+    ],
+)
+def test_torchrun_joins_the_process_group_by_itself(tmp_path, flags, layout):
     metrics = tmp_path / "m.jsonl"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     result = subprocess.run(
@@ -86,6 +95,7 @@ def test_torchrun_joins_the_process_group_by_itself(tmp_path):
             "1",
             "--metrics",
             str(metrics),
+            *flags,
         ],
         env=env,
         capture_output=True,
@@ -97,8 +107,7 @@ def test_torchrun_joins_the_process_group_by_itself(tmp_path):
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]  # rank 0 alone writes metrics
     assert result.stderr.count("psyche train  model toy") == 1  # and alone logs
-    # one node of two processes: one peer of two replicas (torchrun's cluster shape)
-    assert "over 1 peer x 2 replicas (2 ranks)" in result.stderr
+    assert layout in result.stderr
 
 
 def test_a_model_without_a_tensor_parallel_plan_is_refused_at_t2(tmp_path, plugins):
