@@ -212,9 +212,9 @@ class HfCausalLM(CausalLM):
         try:
             kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
             with no_progress_bars(import_transformers()):
-                # psyche's state dict: under tensor parallelism it holds the full weights
-                # gathered by psyche_core.parallel.full_weights (transformers' own would hand
-                # safetensors DTensor shards, or gather them from rank 0 alone and hang)
+                # psyche's state dict: under tensor parallelism it holds the full weights every
+                # rank gathered in psyche_core.parallel.full_weights; the model's own would hold
+                # DTensor shards, which only rank 0 (the writer) would try to gather
                 model.save_pretrained(staging, state_dict=self.hf_state_dict(), **kwargs)
             for name, content in (extra_files or {}).items():
                 mode = "wb" if isinstance(content, bytes) else "w"
