@@ -26,7 +26,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,7 @@ from psyche_deepseek.moe import (
     DeepseekV3TopkRouter,
     balance_step,
 )
+from psyche_deepseek.tensor_parallel import tensor_parallel_plan
 
 logger = logging.getLogger(__name__)
 
@@ -212,25 +213,27 @@ class DeepseekV3Attention(nn.Module):
             q = self.q_proj(x)
         else:
             q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
-        q = q.view(batch, length, self.num_heads, self.qk_head_dim).transpose(1, 2)  # (B, h, T, dq)
+        # -1: this rank's heads (all of them without tensor parallelism)
+        q = q.view(batch, length, -1, self.qk_head_dim).transpose(1, 2)  # (B, h, T, dq)
         q_nope, q_rot = q.split([self.nope_dim, self.rope_dim], dim=-1)
 
         latent, k_rot = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope_dim], -1)
         kv = self.kv_b_proj(self.kv_a_layernorm(latent))  # (B, T, h * (nope + v))
-        kv = kv.view(batch, length, self.num_heads, -1).transpose(1, 2)  # (B, h, T, nope + v)
+        # (B, h, T, nope + v)
+        kv = kv.view(batch, length, -1, self.nope_dim + self.v_head_dim).transpose(1, 2)
         k_nope, v = kv.split([self.nope_dim, self.v_head_dim], dim=-1)
 
         # one rotary key (B, 1, T, rope), shared by every head
         q_rot, k_rot = self.rotate(q_rot, k_rot.unsqueeze(1), position_embeddings)
         q = torch.cat([q_nope, q_rot], dim=-1)  # (B, h, T, dq)
-        k = torch.cat([k_nope, k_rot.expand(-1, self.num_heads, -1, -1)], dim=-1)
+        k = torch.cat([k_nope, k_rot.expand(-1, q.shape[1], -1, -1)], dim=-1)
 
         dropout = self.dropout if self.training else 0.0
         if implementation == "sdpa":
             out = sdpa_attention(q, k, v, mask, self.scaling, dropout)
         else:
             out = eager_attention(q, k, v, mask, self.scaling, dropout)
-        out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.v_head_dim)
+        out = out.transpose(1, 2).reshape(batch, length, -1)  # (B, T, h * v)
         return self.o_proj(out)
 
     def rotate(
@@ -451,6 +454,13 @@ class DeepseekV3ForCausalLM(CausalLM):
         super().load_hf_state_dict(state, source=source, device=device)
 
     # -- trainer hooks ---------------------------------------------------------------------------
+
+    def tensor_parallel_plan(self, degree: int) -> dict[str, Any]:
+        """MLA's query and key/value expansions column-parallel by heads, ``o_proj``
+        row-parallel; dense MLPs and shared experts Megatron-style; the low-rank
+        down-projections, routed experts and router replicated; see
+        :mod:`psyche_deepseek.tensor_parallel` for why."""
+        return tensor_parallel_plan(self.config, degree)
 
     def moe_routers(self) -> list[tuple[int, DeepseekV3TopkRouter]]:
         """``(layer index, router)`` of every MoE layer."""

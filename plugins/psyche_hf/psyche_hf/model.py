@@ -48,6 +48,7 @@ from psyche_hf.building import (
     no_progress_bars,
     seeded_init,
 )
+from psyche_hf.tensor_parallel import dtensor_plan
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,10 @@ class HfCausalLM(CausalLM):
         try:
             kwargs = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
             with no_progress_bars(import_transformers()):
-                model.save_pretrained(staging, **kwargs)
+                # psyche's state dict: under tensor parallelism it holds the full weights every
+                # rank gathered in psyche_core.parallel.full_weights; the model's own would hold
+                # DTensor shards, which only rank 0 (the writer) would try to gather
+                model.save_pretrained(staging, state_dict=self.hf_state_dict(), **kwargs)
             for name, content in (extra_files or {}).items():
                 mode = "wb" if isinstance(content, bytes) else "w"
                 with open(staging / name, mode) as f:
@@ -238,6 +242,12 @@ class HfCausalLM(CausalLM):
         hf.check_state_dict(expected, state, source)
         with torch.no_grad():
             model.load_state_dict(state, strict=False)
+
+    def tensor_parallel_plan(self, degree: int) -> dict[str, Any] | None:
+        """transformers' own plan (``config.base_model_tp_plan`` and the head's ``_tp_plan``)
+        as DTensor styles; None for an architecture without one. See
+        :mod:`psyche_hf.tensor_parallel`."""
+        return dtensor_plan(self.hf_model, degree, self._describe())
 
     # -- options and attention ------------------------------------------------------------------
 
