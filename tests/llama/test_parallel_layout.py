@@ -87,16 +87,24 @@ def test_distro_peers_with_replicas_equal_peers_alone(tmp_path, plugins):
     assert a["bytes_sent"] == b["bytes_sent"] == a["distro_payload_bytes"]
 
 
-def test_distro_on_tensor_parallel_shards_aligned_with_chunks(tmp_path, plugins):
+def test_distro_on_tensor_parallel_and_fsdp_shards_aligned_with_chunks(tmp_path, plugins):
     flags = {"distro": True, "compression_chunk": 16, "peers": 2}
     train(plugins, tmp_path / "t1", **flags)
     train(plugins, tmp_path / "t2", tensor_parallelism=2, **flags)
-    assert losses(tmp_path / "t2") == pytest.approx(losses(tmp_path / "t1"), abs=1e-4, rel=0)
+    train(plugins, tmp_path / "fsdp", data_parallelism=2, fsdp=True, **flags)
+    one = losses(tmp_path / "t1")
+    assert losses(tmp_path / "t2") == pytest.approx(one, abs=1e-4, rel=0)
+    assert losses(tmp_path / "fsdp") == pytest.approx(one, abs=1e-4, rel=0)
+    # each peer's shards together send what the unsharded peer sends, plus the replicated
+    # norm weights once more per extra tensor-parallel rank
+    sent = {
+        name: read_metrics(tmp_path / name / "metrics.jsonl")[0]["bytes_sent"]
+        for name in ("t1", "t2", "fsdp")
+    }
+    assert sent["fsdp"] == sent["t1"] < sent["t2"] < 1.05 * sent["t1"]
 
 
-def test_a_tensor_parallel_checkpoint_is_a_plain_hf_checkpoint_and_resumes_at_t1(
-    tmp_path, plugins
-):
+def test_a_tensor_parallel_checkpoint_is_a_plain_hf_checkpoint_and_resumes_at_t1(tmp_path, plugins):
     transformers = pytest.importorskip("transformers")
     train(plugins, tmp_path / "full")  # T=1, uninterrupted
     train(
