@@ -65,12 +65,19 @@ def test_tensor_parallel_llama_follows_the_unsharded_run(tmp_path, plugins):
 
 
 def test_replicas_and_fsdp_equal_one_rank_with_the_same_batch(tmp_path, plugins):
-    train(plugins, tmp_path / "d1")
-    train(plugins, tmp_path / "d2", data_parallelism=2)
-    train(plugins, tmp_path / "fsdp", data_parallelism=2, fsdp=True)
+    # a held-out set of 5 sequences splits 3 + 2 over two replicas: the second runs one pass
+    # more without counting it, so FSDP's gathers stay in step
+    held_out = {"eval_every": 5, "eval_holdout": 5}
+    train(plugins, tmp_path / "d1", **held_out)
+    train(plugins, tmp_path / "d2", data_parallelism=2, **held_out)
+    train(plugins, tmp_path / "fsdp", data_parallelism=2, fsdp=True, **held_out)
     one = losses(tmp_path / "d1")
     assert losses(tmp_path / "d2") == pytest.approx(one, abs=1e-5, rel=0)
     assert losses(tmp_path / "fsdp") == pytest.approx(losses(tmp_path / "d2"), abs=1e-6, rel=0)
+    val = [
+        read_metrics(tmp_path / n / "metrics.jsonl")[-1]["val_loss"] for n in ("d1", "d2", "fsdp")
+    ]
+    assert val[1] == pytest.approx(val[0], abs=1e-5) and val[2] == pytest.approx(val[0], abs=1e-5)
     rows = read_metrics(tmp_path / "d2" / "metrics.jsonl")
     # AdamW's mean gradient crosses the (one-peer) link once: replica 0 sends, replica 1 waits
     assert rows[0]["bytes_sent"] == read_metrics(tmp_path / "d1" / "metrics.jsonl")[0]["bytes_sent"]
