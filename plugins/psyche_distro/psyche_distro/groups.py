@@ -26,10 +26,10 @@ from psyche_distro.compression import (
     scatter_mean_dense,
     scatter_mean_sparse,
     sparse_factors,
-    topk_rows,
+    topk_block,
     topk_rows_bf16,
 )
-from psyche_distro.dct import ChunkGrid, decode_rows, encode_rows, from_chunks
+from psyche_distro.dct import ChunkGrid, decode_block, encode_block, from_chunks
 
 # Elements per processing block: large enough that per-call overhead stays small, small
 # enough that a block's few tensors share the cache.
@@ -165,8 +165,7 @@ class Update:
         l0, l1 = block
         if self.dense is not None:
             coeffs = self.dense[l0 * grid.n1 : l1 * grid.n1]
-            out = decode_rows(coeffs, grid.n1, grid.n2, work=work, out=spare)
-            return out.view(l1 - l0, grid.n1, grid.cols, grid.n2)
+            return decode_block(coeffs, grid.n1, grid.n2, work=work)
         c0, c1 = l0 * grid.cols, l1 * grid.cols
         left, right = self.factors[0][c0:c1], self.factors[1][c0:c1]
         out = work[: (c1 - c0) * grid.chunk_numel].view(c1 - c0, grid.n1, grid.n2)
@@ -221,7 +220,7 @@ def generate(
     grid = group.grid
     weights, grads = group.weights(), group.grads()
     shrink = 1.0 - lr * weight_decay
-    work, spare, third = buffers
+    work, spare = buffers[0], buffers[1]
     # k' = T at full precision: this peer sent all of delta, nothing is left to feed back
     everything_sent = group.k == grid.chunk_numel and group.dtype == group.delta.dtype
     idx = torch.empty((grid.num_chunks, group.k), dtype=torch.int64, device=group.delta.device)
@@ -248,10 +247,8 @@ def generate(
         if group.bf16_select:
             idx[c0:c1], val[c0:c1] = topk_rows_bf16(d, grid.n1, grid.n2, group.k, buffers)
         else:
-            coeffs = encode_rows(d, grid.n1, grid.n2, work=work, out=spare)
-            idx[c0:c1], val[c0:c1] = topk_rows(
-                coeffs, grid.n1, grid.n2, group.k, work=third if grid.n1 > 1 else spare
-            )
+            coeffs = encode_block(d, grid.n1, grid.n2, work=work)
+            idx[c0:c1], val[c0:c1] = topk_block(coeffs, group.k, work=spare)
         if update is not None:  # psyche mode: last step's aggregate
             decoded = update.decode(block, work, spare)
             grid4(wb, grid).add_(decoded.sign_(), alpha=-lr)
