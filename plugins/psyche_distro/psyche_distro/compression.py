@@ -273,6 +273,10 @@ def values_to_bytes(val: torch.Tensor) -> torch.Tensor:
 def bytes_to_values(raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Inverse of :func:`values_to_bytes` (leading dims of ``raw`` are kept)."""
     size = torch.empty((), dtype=dtype).element_size()
+    aligned = raw.data_ptr() % size == 0 and raw.storage_offset() % size == 0
+    if _LITTLE_ENDIAN and raw.is_contiguous() and aligned:
+        # aligned: reinterpret in place (a view of ``raw``)
+        return raw.reshape(-1).view(dtype).view(*raw.shape[:-1], -1)
     # A fresh copy: a slice of a larger buffer may sit at an offset ``view`` cannot reinterpret.
     raw = torch.empty(raw.shape, dtype=torch.uint8, device=raw.device).copy_(raw)
     if not _LITTLE_ENDIAN and size > 1:

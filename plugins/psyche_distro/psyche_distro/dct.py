@@ -241,6 +241,28 @@ def decode_block(coeffs: torch.Tensor, n1: int, n2: int, work: torch.Tensor | No
     return out.view(ylen, xlen, n2, n1).permute(0, 3, 1, 2)
 
 
+def decode_chunk_major(
+    coeffs: torch.Tensor, ylen: int, n1: int, n2: int, work: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`decode_block` of coefficients given chunk-major, ``(Y*X, n1*n2)`` in ``(b, d)``
+    order per chunk (as every peer sends them when it sends everything): the same products,
+    without first copying them to the row-major layout. Returns ``(Y, n1, X, n2)`` (strided)."""
+    chunks = coeffs.shape[0]
+    xlen = chunks // ylen
+    if not onednn_route(coeffs):
+        rows = coeffs.reshape(ylen, xlen, n1, n2).transpose(1, 2).reshape(ylen * n1, xlen * n2)
+        return decode_block(rows, n1, n2, work)
+    t = _times(coeffs.reshape(-1, n2), dct_basis(n2, coeffs.dtype, coeffs.device))  # (C, n1, n2)
+    if n1 == 1:
+        return t.view(ylen, xlen, 1, n2).transpose(1, 2)
+    if work is not None:
+        t = work[: t.numel()].view(chunks, n2, n1).copy_(t.view(chunks, n1, n2).transpose(1, 2))
+    else:
+        t = t.view(chunks, n1, n2).transpose(1, 2).contiguous()
+    out = _times(t.view(-1, n1), dct_basis(n1, coeffs.dtype, coeffs.device))  # (C, n2, n1)
+    return out.view(ylen, xlen, n2, n1).permute(0, 3, 1, 2)
+
+
 def encode_rows(
     x: torch.Tensor,
     n1: int,

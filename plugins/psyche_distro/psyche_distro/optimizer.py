@@ -253,6 +253,8 @@ class DistroOptimizer(Optimizer):
                 raise PsycheError(
                     f"DisTrO: peer {rank} sent {other.numel()} bytes, expected {self.layout.nbytes}"
                 )
+        if len(payloads) == 1:  # one peer: its own fresh buffer, no copy
+            return payloads[0].to(payload.device).unsqueeze(0)
         return torch.stack([other.to(payload.device) for other in payloads])
 
     def _fingerprint(self) -> tuple[Any, ...]:

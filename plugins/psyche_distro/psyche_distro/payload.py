@@ -119,8 +119,8 @@ class PayloadLayout:
         out = []
         for s, dtype, device in zip(self.segments, dtypes, devices, strict=True):
             chunks = s.grid.num_chunks
-            if s.full:  # every peer sends arange(T) per chunk
-                idx = torch.arange(s.k, device=device).repeat(chunks).expand(peers, -1)
+            if s.full:  # every peer sends arange(T) per chunk: a broadcast view, never stored
+                idx = torch.arange(s.k, device=device).repeat(peers).expand(chunks, -1)
             else:
                 raw = payloads[:, s.offset : s.offset + s.index_bytes]
                 idx = unpack_indices(raw.to(device), s.grid.chunk_numel)  # (peers, m)
@@ -134,5 +134,5 @@ class PayloadLayout:
                 # (peers, chunks * k) -> (chunks, peers * k)
                 return t.view(peers, chunks, k).transpose(0, 1).reshape(chunks, peers * k)
 
-            out.append((by_chunk(idx), by_chunk(val)))
+            out.append((idx if s.full else by_chunk(idx), by_chunk(val)))
         return out
