@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -37,22 +38,22 @@ class Segment:
     one_bit: bool
     offset: int
 
-    @property
+    @cached_property  # read for every segment at every step
     def count(self) -> int:
         """``m``: coefficients sent for this parameter."""
         return self.grid.num_chunks * self.k
 
-    @property
+    @cached_property
     def index_bytes(self) -> int:
         return self.count * index_width(self.grid.chunk_numel)
 
-    @property
+    @cached_property
     def value_bytes(self) -> int:
         if self.one_bit:
             return math.ceil(self.count / 8)
         return self.count * torch.empty((), dtype=self.value_dtype).element_size()
 
-    @property
+    @cached_property
     def nbytes(self) -> int:
         return self.index_bytes + self.value_bytes
 
