@@ -20,6 +20,7 @@ from psyche_distro.compression import (
     row_major_index,
     scatter_mean_dense,
     scatter_mean_sparse,
+    topk_block,
     topk_chunks,
     topk_rows,
     topk_rows_bf16,
@@ -32,6 +33,8 @@ from psyche_distro.dct import (
     decode_chunks,
     decode_rows,
     encode,
+    encode_block,
+    encode_chunks,
     encode_rows,
     from_chunks,
 )
@@ -114,6 +117,46 @@ def test_row_major_topk_matches_plain_topk(n1, n2, k):
     ref_idx, ref_val = topk_chunks(chunk_major, k)
     assert torch.equal(idx, ref_idx)
     assert torch.equal(val, ref_val)
+
+
+@pytest.mark.parametrize(
+    ("n1", "n2", "k"), [(64, 64, 4), (64, 64, 1), (16, 32, 16), (4, 64, 6), (8, 8, 64)]
+)
+@pytest.mark.parametrize("ties", [False, True])
+def test_block_topk_matches_row_major_topk(n1, n2, k, ties):
+    """topk_block on encode_block's layout returns exactly topk_rows' indices and values,
+    also among equal magnitudes (small integers: many ties)."""
+    g = gen(n1 + k + ties)
+    coeffs = torch.randn(3 * n1, 5 * n2, generator=g)
+    if ties:
+        coeffs = torch.randint(-3, 4, coeffs.shape, generator=g).float()
+    block = coeffs.view(3, n1, 5, n2).permute(0, 2, 3, 1).contiguous()
+    idx, val = topk_block(block, k, work=torch.empty(coeffs.numel() + 5))
+    ref_idx, ref_val = topk_rows(coeffs, n1, n2, k)
+    assert torch.equal(idx, ref_idx)
+    assert torch.equal(val, ref_val)
+
+
+def test_golden_chunk_top_k_is_the_same_on_every_route():
+    """The golden 4x4 input as one chunk's largest coefficients in momentum-like data: the
+    optimizer's route (encode_block + topk_block) picks the reference top-k (topk_chunks on
+    encode_chunks' chunk-major coefficients) with equal values."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.zeros(3 * 64, 4 * 64)
+    for _ in range(5):
+        x.mul_(0.9).add_(torch.randn(x.shape, generator=g))
+    golden = torch.zeros(x.shape)
+    golden[:4, :4] = RANDOM_4X4 * 100
+    x += decode_rows(golden, 64, 64)
+    grid = ChunkGrid.for_shape(tuple(x.shape), 64)
+    for k in (1, 4, 16, 4096):
+        idx, val = topk_block(encode_block(x, 64, 64), k)
+        ref_idx, ref_val = topk_chunks(encode_chunks(x, grid), k)
+        assert torch.equal(idx, ref_idx)
+        assert torch.equal(val, ref_val)
+    # chunk 0's four largest: the golden input's four largest, (0,3) (1,1) (1,2) (2,3)
+    top = topk_block(encode_block(x, 64, 64), 4)[0][0]
+    assert sorted(top.tolist()) == [3, 65, 66, 131]
 
 
 @pytest.mark.parametrize("k", [1, 4, 16])
