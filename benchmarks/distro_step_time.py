@@ -12,8 +12,7 @@ the median over rounds of (DisTrO / AdamW). Prints one JSON object; ``--save`` a
 to ``benchmarks/results/<--name>.json``. ``--profile`` adds a torch.profiler breakdown of one
 configuration's steps.
 
-    python benchmarks/distro_step_time.py --threads 1 --profile --save
-    python benchmarks/distro_step_time.py --threads 2 --save --name distro_step_time_2threads
+    python benchmarks/distro_step_time.py --threads 1 2 --profile --save
 """
 
 from __future__ import annotations

@@ -12,11 +12,11 @@ Semantics follow Psyche (``shared/modeling/src/distro.rs``):
   selected it; nobody's choice stays 0 (not a sum, not a division by the peer count).
 
 :func:`compress`, :func:`decompress` and :func:`batch_decompress` are the dense reference
-forms (Psyche's API, used for golden values). The optimizer uses :func:`topk_rows` (or
-:func:`topk_rows_bf16`) on the row-major transform and, for few coefficients per chunk, the
-sparse forms :func:`scatter_mean_sparse` + :func:`sparse_factors` (as in :func:`decode_sparse`),
-which never build the dense coefficient tensor, else :func:`scatter_mean_dense`; all give the
-reference's numbers up to rounding.
+forms (Psyche's API, used for golden values). The optimizer uses :func:`topk_block` on
+:func:`~psyche_distro.dct.encode_block`'s layout (or :func:`topk_rows_bf16`) and, for few
+coefficients per chunk, the sparse forms :func:`scatter_mean_sparse` + :func:`sparse_factors`
+(as in :func:`decode_sparse`), which never build the dense coefficient tensor, else
+:func:`scatter_mean_dense`; all give the reference's numbers up to rounding.
 """
 
 from __future__ import annotations
