@@ -382,3 +382,56 @@ def test_payload_formula_examples():
     assert payload_nbytes((64, 64), 64, 4, 1) == 9  # 4 * 2 + ceil(4 / 8)
     assert payload_nbytes((256,), 64, 4, 16) == 48  # 16 * (1 + 2)
     assert payload_nbytes((32000, 256), 64, 4, 16) == 32000
+
+
+@pytest.mark.parametrize("one_bit", [False, True])
+@pytest.mark.parametrize(
+    ("k", "dtype"), [(3, torch.float32), (16, torch.bfloat16), (2, torch.float64)]
+)
+def test_payload_by_group_equals_payload_by_parameter(one_bit, k, dtype):
+    """The optimizer's stacked serialize/parse (several parameters' bytes moved at once) writes
+    and reads exactly the bytes of the per-parameter path, for several peers."""
+    from psyche_distro.payload import PayloadLayout
+
+    shapes = [(8, 4), (12,), (4, 4), (6, 7), (16, 4), (2, 8, 4)]  # chunk 4: several layouts
+    grids = [ChunkGrid.for_shape(shape, 4) for shape in shapes]
+    layout = PayloadLayout([(grid, min(k, grid.chunk_numel), dtype) for grid in grids], one_bit)
+    g = gen(k + one_bit)
+    peers = []
+    for _ in range(3):
+        results = []
+        for grid in grids:
+            kk = min(k, grid.chunk_numel)
+            idx = torch.stack(
+                [torch.randperm(grid.chunk_numel, generator=g)[:kk] for _ in range(grid.num_chunks)]
+            )
+            if kk == grid.chunk_numel:
+                idx = idx.sort(-1).values  # everything sent: index order
+            results.append((idx, torch.randn(idx.shape, generator=g).to(dtype)))
+        peers.append(results)
+    # stack the parameters whose chunks have the same shape, as the optimizer's groups do
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, grid in enumerate(grids):
+        groups.setdefault((grid.n1, grid.n2), []).append(i)
+    assert any(len(members) > 1 for members in groups.values())
+    payloads = []
+    for results in peers:
+        stacked = [
+            (
+                members,
+                torch.cat([results[i][0] for i in members]),
+                torch.cat([results[i][1] for i in members]),
+            )
+            for members in groups.values()
+        ]
+        payload = layout.serialize_groups(stacked)
+        assert torch.equal(payload, layout.serialize(results))
+        payloads.append(payload)
+    payloads = torch.stack(payloads)
+    by_param = layout.parse(payloads, [torch.float32] * len(grids))
+    by_group = layout.parse_groups(
+        payloads, [(members, torch.float32, payloads.device) for members in groups.values()]
+    )
+    for members, (idx, val) in zip(groups.values(), by_group):
+        assert torch.equal(idx, torch.cat([by_param[i][0] for i in members]))
+        assert torch.equal(val, torch.cat([by_param[i][1] for i in members]))

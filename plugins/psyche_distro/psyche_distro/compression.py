@@ -249,7 +249,12 @@ def pack_signs(val: torch.Tensor) -> torch.Tensor:
     pad = (-bits.numel()) % 8
     if pad:
         bits = torch.cat([bits, bits.new_zeros(pad)])
-    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=val.device)
+    return pack_bits(bits)
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """0/1 uint8 values, a multiple of 8 of them -> bytes, least significant bit first."""
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=bits.device)
     return (bits.view(-1, 8) * weights).sum(-1, dtype=torch.uint8)
 
 
