@@ -20,6 +20,7 @@ from psyche_distro.compression import (
     row_major_index,
     scatter_mean_dense,
     scatter_mean_sparse,
+    topk_block,
     topk_chunks,
     topk_rows,
     topk_rows_bf16,
@@ -32,6 +33,8 @@ from psyche_distro.dct import (
     decode_chunks,
     decode_rows,
     encode,
+    encode_block,
+    encode_chunks,
     encode_rows,
     from_chunks,
 )
@@ -114,6 +117,46 @@ def test_row_major_topk_matches_plain_topk(n1, n2, k):
     ref_idx, ref_val = topk_chunks(chunk_major, k)
     assert torch.equal(idx, ref_idx)
     assert torch.equal(val, ref_val)
+
+
+@pytest.mark.parametrize(
+    ("n1", "n2", "k"), [(64, 64, 4), (64, 64, 1), (16, 32, 16), (4, 64, 6), (8, 8, 64)]
+)
+@pytest.mark.parametrize("ties", [False, True])
+def test_block_topk_matches_row_major_topk(n1, n2, k, ties):
+    """topk_block on encode_block's layout returns exactly topk_rows' indices and values,
+    also among equal magnitudes (small integers: many ties)."""
+    g = gen(n1 + k + ties)
+    coeffs = torch.randn(3 * n1, 5 * n2, generator=g)
+    if ties:
+        coeffs = torch.randint(-3, 4, coeffs.shape, generator=g).float()
+    block = coeffs.view(3, n1, 5, n2).permute(0, 2, 3, 1).contiguous()
+    idx, val = topk_block(block, k, work=torch.empty(coeffs.numel() + 5))
+    ref_idx, ref_val = topk_rows(coeffs, n1, n2, k)
+    assert torch.equal(idx, ref_idx)
+    assert torch.equal(val, ref_val)
+
+
+def test_golden_chunk_top_k_is_the_same_on_every_route():
+    """The golden 4x4 input as one chunk's largest coefficients in momentum-like data: the
+    optimizer's route (encode_block + topk_block) picks the reference top-k (topk_chunks on
+    encode_chunks' chunk-major coefficients) with equal values."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.zeros(3 * 64, 4 * 64)
+    for _ in range(5):
+        x.mul_(0.9).add_(torch.randn(x.shape, generator=g))
+    golden = torch.zeros(x.shape)
+    golden[:4, :4] = RANDOM_4X4 * 100
+    x += decode_rows(golden, 64, 64)
+    grid = ChunkGrid.for_shape(tuple(x.shape), 64)
+    for k in (1, 4, 16, 4096):
+        idx, val = topk_block(encode_block(x, 64, 64), k)
+        ref_idx, ref_val = topk_chunks(encode_chunks(x, grid), k)
+        assert torch.equal(idx, ref_idx)
+        assert torch.equal(val, ref_val)
+    # chunk 0's four largest: the golden input's four largest, (0,3) (1,1) (1,2) (2,3)
+    top = topk_block(encode_block(x, 64, 64), 4)[0][0]
+    assert sorted(top.tolist()) == [3, 65, 66, 131]
 
 
 @pytest.mark.parametrize("k", [1, 4, 16])
@@ -339,3 +382,56 @@ def test_payload_formula_examples():
     assert payload_nbytes((64, 64), 64, 4, 1) == 9  # 4 * 2 + ceil(4 / 8)
     assert payload_nbytes((256,), 64, 4, 16) == 48  # 16 * (1 + 2)
     assert payload_nbytes((32000, 256), 64, 4, 16) == 32000
+
+
+@pytest.mark.parametrize("one_bit", [False, True])
+@pytest.mark.parametrize(
+    ("k", "dtype"), [(3, torch.float32), (16, torch.bfloat16), (2, torch.float64)]
+)
+def test_payload_by_group_equals_payload_by_parameter(one_bit, k, dtype):
+    """The optimizer's stacked serialize/parse (several parameters' bytes moved at once) writes
+    and reads exactly the bytes of the per-parameter path, for several peers."""
+    from psyche_distro.payload import PayloadLayout
+
+    shapes = [(8, 4), (12,), (4, 4), (6, 7), (16, 4), (2, 8, 4)]  # chunk 4: several layouts
+    grids = [ChunkGrid.for_shape(shape, 4) for shape in shapes]
+    layout = PayloadLayout([(grid, min(k, grid.chunk_numel), dtype) for grid in grids], one_bit)
+    g = gen(k + one_bit)
+    peers = []
+    for _ in range(3):
+        results = []
+        for grid in grids:
+            kk = min(k, grid.chunk_numel)
+            idx = torch.stack(
+                [torch.randperm(grid.chunk_numel, generator=g)[:kk] for _ in range(grid.num_chunks)]
+            )
+            if kk == grid.chunk_numel:
+                idx = idx.sort(-1).values  # everything sent: index order
+            results.append((idx, torch.randn(idx.shape, generator=g).to(dtype)))
+        peers.append(results)
+    # stack the parameters whose chunks have the same shape, as the optimizer's groups do
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, grid in enumerate(grids):
+        groups.setdefault((grid.n1, grid.n2), []).append(i)
+    assert any(len(members) > 1 for members in groups.values())
+    payloads = []
+    for results in peers:
+        stacked = [
+            (
+                members,
+                torch.cat([results[i][0] for i in members]),
+                torch.cat([results[i][1] for i in members]),
+            )
+            for members in groups.values()
+        ]
+        payload = layout.serialize_groups(stacked)
+        assert torch.equal(payload, layout.serialize(results))
+        payloads.append(payload)
+    payloads = torch.stack(payloads)
+    by_param = layout.parse(payloads, [torch.float32] * len(grids))
+    by_group = layout.parse_groups(
+        payloads, [(members, torch.float32, payloads.device) for members in groups.values()]
+    )
+    for members, (idx, val) in zip(groups.values(), by_group):
+        assert torch.equal(idx, torch.cat([by_param[i][0] for i in members]))
+        assert torch.equal(val, torch.cat([by_param[i][1] for i in members]))

@@ -10,16 +10,21 @@ import pytest
 import scipy.fft
 import torch
 
+import psyche_distro.dct as dct_module
 from psyche_distro.dct import (
     ChunkGrid,
     dct_basis,
     decode,
+    decode_block,
+    decode_chunk_major,
     decode_chunks,
     decode_rows,
     divisors,
     encode,
+    encode_block,
     encode_chunks,
     encode_rows,
+    from_chunks,
     idct_basis,
     smaller_split,
 )
@@ -200,3 +205,48 @@ def test_encode_rows_blockwise_equals_whole_tensor(shape, chunk):
             encode_rows(x[rows], grid.n1, grid.n2), whole[rows], atol=1e-6, rtol=0
         )
     torch.testing.assert_close(decode_rows(whole, grid.n1, grid.n2), x, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("shape", "chunk"), SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_block_layouts_equal_the_row_major_transform(shape, chunk, dtype):
+    """encode_block is encode_rows in chunk-major, chunk-transposed order, element for element;
+    decode_block and decode_chunk_major are decode_rows (the optimizer's routes)."""
+    grid = ChunkGrid.for_shape(shape, chunk)
+    x = torch.randn(grid.rows, grid.width, generator=torch.Generator().manual_seed(4)).to(dtype)
+    rows = encode_rows(x, grid.n1, grid.n2)
+    ylen, n1, xlen, n2 = grid.lead, grid.n1, grid.cols, grid.n2
+    block = encode_block(x, n1, n2, work=torch.empty(x.numel() + 3, dtype=dtype))
+    assert torch.equal(block, rows.view(ylen, n1, xlen, n2).permute(0, 2, 3, 1))
+    back = decode_rows(rows, n1, n2)
+    assert torch.equal(decode_block(rows, n1, n2).reshape(grid.rows, grid.width), back)
+    chunk_major = to_chunk_major(rows, grid)
+    decoded = decode_chunk_major(chunk_major, ylen, n1, n2, work=torch.empty_like(x).view(-1))
+    assert torch.equal(decoded.reshape(grid.rows, grid.width), back)
+
+
+def to_chunk_major(rows: torch.Tensor, grid: ChunkGrid) -> torch.Tensor:
+    view = rows.view(grid.lead, grid.n1, grid.cols, grid.n2).transpose(1, 2)
+    chunks = view.reshape(grid.num_chunks, grid.chunk_numel)
+    assert torch.equal(from_chunks(chunks, grid).view(grid.rows, grid.width), rows)
+    return chunks
+
+
+@pytest.mark.skipif(dct_module._LINEAR is None, reason="this torch has no oneDNN linear")
+@pytest.mark.parametrize(("shape", "chunk"), SHAPES)
+def test_onednn_products_agree_with_torch_mm(shape, chunk, monkeypatch):
+    """float32 products through oneDNN give torch.mm's numbers (bit for bit on the machines
+    measured; here to float32 rounding, and the same top-k on data with a golden chunk)."""
+    from psyche_distro.compression import topk_block
+
+    grid = ChunkGrid.for_shape(shape, chunk)
+    x = torch.randn(grid.rows, grid.width, generator=torch.Generator().manual_seed(5))
+    fast = encode_block(x, grid.n1, grid.n2)
+    fast_back = decode_block(encode_rows(x, grid.n1, grid.n2), grid.n1, grid.n2)
+    monkeypatch.setattr(dct_module, "_ONEDNN", False)
+    plain = encode_block(x, grid.n1, grid.n2)
+    plain_back = decode_block(encode_rows(x, grid.n1, grid.n2), grid.n1, grid.n2)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(fast_back, plain_back, atol=1e-5, rtol=1e-6)
+    for k in (1, 4, 16):
+        assert torch.equal(topk_block(fast, k)[0], topk_block(plain, k)[0])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import functools
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -160,6 +161,108 @@ class ChunkGrid:
         return [(l0, min(self.lead, l0 + step)) for l0 in range(0, self.lead, step)]
 
 
+# float32 products on the CPU go through oneDNN's linear (``x @ w.T``) where torch has it: on
+# AMD CPUs MKL's sgemm runs AVX2 code, oneDNN AVX-512, about 3x faster for these shapes. Both
+# accumulate each output over the inner dimension in order, so the results equal torch.mm's
+# bit for bit on the machines measured (tests/distro checks the two routes agree); set
+# PSYCHE_DISTRO_ONEDNN=0 to use torch.mm everywhere.
+_ONEDNN = os.environ.get("PSYCHE_DISTRO_ONEDNN", "1") != "0"
+
+
+def _linear_op():
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+    return op if torch.backends.mkldnn.is_available() else None
+
+
+_LINEAR = _linear_op()
+
+
+def onednn_route(x: torch.Tensor) -> bool:
+    """Whether products on ``x`` go through oneDNN (float32 on the CPU, where available)."""
+    return _ONEDNN and _LINEAR is not None and x.dtype == torch.float32 and x.device.type == "cpu"
+
+
+def _times(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ w.T`` for a contiguous ``(M, K)`` ``x`` and a contiguous ``(N, K)`` ``w``."""
+    if onednn_route(x):
+        try:
+            return _LINEAR(x, w, None, "none", [], "")
+        except RuntimeError:  # a build whose oneDNN refuses this shape: the plain product
+            pass
+    return torch.mm(x, w.T, out=out)
+
+
+def encode_block(x: torch.Tensor, n1: int, n2: int, work: torch.Tensor | None = None):
+    """DCT of every ``n1 x n2`` chunk of a contiguous row-major ``(Y*n1, X*n2)`` tensor, as
+    ``(Y, X, n2, n1)``: element ``[y, x, d, b]`` is coefficient ``(b, d)`` of chunk ``(y, x)``
+    (chunk-major, each chunk transposed). Both products contract the last dimension (the form
+    the fast matrix routines want): ``x @ F2`` on rows of ``n2``, a transposing copy (into
+    ``work``, an optional buffer of ``x.numel()`` elements), then ``@ F1``. Equal, element for
+    element, to :func:`encode_rows`."""
+    rows, width = x.shape
+    ylen, xlen = rows // n1, width // n2
+    if not onednn_route(x):
+        coeffs = encode_rows(x, n1, n2).view(ylen, n1, xlen, n2)
+        return _transposed_copy(coeffs, work)
+    t = _times(x.view(-1, n2), basis_rows(n2, x.dtype, x.device))  # (Y, n1, X, n2)
+    if n1 == 1:
+        return t.view(ylen, 1, xlen, n2).permute(0, 2, 3, 1)
+    t = _transposed_copy(t.view(ylen, n1, xlen, n2), work)
+    f1t = basis_rows(n1, x.dtype, x.device)
+    return _times(t.view(-1, n1), f1t).view(ylen, xlen, n2, n1)
+
+
+def _transposed_copy(t: torch.Tensor, work: torch.Tensor | None) -> torch.Tensor:
+    """``(Y, n1, X, n2)`` -> a contiguous ``(Y, X, n2, n1)`` copy (in ``work`` if given)."""
+    ylen, n1, xlen, n2 = t.shape
+    if work is None:
+        return t.permute(0, 2, 3, 1).contiguous()
+    out = work[: t.numel()].view(ylen, xlen, n2, n1)
+    return out.copy_(t.permute(0, 2, 3, 1))
+
+
+def decode_block(coeffs: torch.Tensor, n1: int, n2: int, work: torch.Tensor | None = None):
+    """Inverse DCT of a row-major ``(Y*n1, X*n2)`` coefficient tensor, as a ``(Y, n1, X, n2)``
+    view (of a chunk-major buffer, so strided) of the row-major result; products as in
+    :func:`encode_block`. Equal, element for element, to :func:`decode_rows`."""
+    rows, width = coeffs.shape
+    ylen, xlen = rows // n1, width // n2
+    if not onednn_route(coeffs):
+        return decode_rows(coeffs, n1, n2).view(ylen, n1, xlen, n2)
+    f2 = dct_basis(n2, coeffs.dtype, coeffs.device)  # x @ F2^T: rows of n2 back to space
+    t = _times(coeffs.reshape(-1, n2), f2)  # (Y, n1, X, n2)
+    if n1 == 1:
+        return t.view(ylen, 1, xlen, n2)
+    t = _transposed_copy(t.view(ylen, n1, xlen, n2), work)
+    out = _times(t.view(-1, n1), dct_basis(n1, coeffs.dtype, coeffs.device))  # (Y, X, n2, n1)
+    return out.view(ylen, xlen, n2, n1).permute(0, 3, 1, 2)
+
+
+def decode_chunk_major(
+    coeffs: torch.Tensor, ylen: int, n1: int, n2: int, work: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`decode_block` of coefficients given chunk-major, ``(Y*X, n1*n2)`` in ``(b, d)``
+    order per chunk (as every peer sends them when it sends everything): the same products,
+    without first copying them to the row-major layout. Returns ``(Y, n1, X, n2)`` (strided)."""
+    chunks = coeffs.shape[0]
+    xlen = chunks // ylen
+    if not onednn_route(coeffs):
+        rows = coeffs.reshape(ylen, xlen, n1, n2).transpose(1, 2).reshape(ylen * n1, xlen * n2)
+        return decode_block(rows, n1, n2, work)
+    t = _times(coeffs.reshape(-1, n2), dct_basis(n2, coeffs.dtype, coeffs.device))  # (C, n1, n2)
+    if n1 == 1:
+        return t.view(ylen, xlen, 1, n2).transpose(1, 2)
+    if work is not None:
+        t = work[: t.numel()].view(chunks, n2, n1).copy_(t.view(chunks, n1, n2).transpose(1, 2))
+    else:
+        t = t.view(chunks, n1, n2).transpose(1, 2).contiguous()
+    out = _times(t.view(-1, n1), dct_basis(n1, coeffs.dtype, coeffs.device))  # (C, n2, n1)
+    return out.view(ylen, xlen, n2, n1).permute(0, 3, 1, 2)
+
+
 def encode_rows(
     x: torch.Tensor,
     n1: int,
@@ -170,9 +273,15 @@ def encode_rows(
     """DCT of every ``n1 x n2`` chunk of a contiguous row-major ``(rows, width)`` tensor, in the
     same layout: ``result[y*n1 + b, x*n2 + d]`` is coefficient ``(b, d)`` of chunk ``(y, x)``.
     Two large matrix products (no chunk-major copy): ``x @ F2`` on rows of ``n2``, then
-    ``F1^T @`` each grid row. ``work`` and ``out``: optional buffers of ``x.numel()`` elements;
-    with ``n1 = 1`` the result lives in ``work``."""
+    ``F1^T @`` each grid row; for float32 on the CPU, :func:`encode_block`'s products (the
+    same numbers) copied back to this layout. ``work`` and ``out``: optional buffers of
+    ``x.numel()`` elements; with ``n1 = 1`` the result lives in ``work``."""
     rows, width = x.shape
+    if onednn_route(x):
+        block = encode_block(x, n1, n2)  # (Y, X, n2, n1)
+        target = out[: x.numel()] if out is not None else torch.empty_like(x)
+        view = target.view(rows // n1, n1, width // n2, n2)
+        return view.copy_(block.permute(0, 3, 1, 2)).view(rows, width)
     f2 = dct_basis(n2, x.dtype, x.device)
     if work is not None:
         work = work[: x.numel()].view(-1, n2)
@@ -194,6 +303,10 @@ def decode_rows(
 ) -> torch.Tensor:
     """Inverse of :func:`encode_rows` (same layout and buffers)."""
     rows, width = coeffs.shape
+    if onednn_route(coeffs):
+        block = decode_block(coeffs, n1, n2)  # (Y, n1, X, n2), strided
+        target = out[: coeffs.numel()] if out is not None else torch.empty_like(coeffs)
+        return target.view(block.shape).copy_(block).view(rows, width)
     if work is not None:
         work = work[: coeffs.numel()].view(-1, n2)
     t = torch.mm(coeffs.reshape(-1, n2), basis_rows(n2, coeffs.dtype, coeffs.device), out=work)

@@ -26,10 +26,10 @@ from psyche_distro.compression import (
     scatter_mean_dense,
     scatter_mean_sparse,
     sparse_factors,
-    topk_rows,
+    topk_block,
     topk_rows_bf16,
 )
-from psyche_distro.dct import ChunkGrid, decode_rows, encode_rows, from_chunks
+from psyche_distro.dct import ChunkGrid, decode_block, decode_chunk_major, encode_block
 
 # Elements per processing block: large enough that per-call overhead stays small, small
 # enough that a block's few tensors share the cache.
@@ -149,9 +149,10 @@ class Update:
         grid = group.grid
         self.factors: tuple[torch.Tensor, torch.Tensor] | None = None
         self.dense: torch.Tensor | None = None
+        self.chunk_major: torch.Tensor | None = None
         if group.k == grid.chunk_numel and idx.shape[1] > _SPARSE_MAX:
             # everything sent, in index order: the mean over peers needs no indices
-            self.dense = _mean_of_full(val, peers, grid)
+            self.chunk_major = _mean_of_full(val, peers, grid)
         elif idx.shape[1] <= _SPARSE_MAX:
             idx, val = scatter_mean_sparse(idx, val) if peers > 1 else (idx, val)
             self.factors = sparse_factors(idx, val, grid.n1, grid.n2)
@@ -165,9 +166,11 @@ class Update:
         l0, l1 = block
         if self.dense is not None:
             coeffs = self.dense[l0 * grid.n1 : l1 * grid.n1]
-            out = decode_rows(coeffs, grid.n1, grid.n2, work=work, out=spare)
-            return out.view(l1 - l0, grid.n1, grid.cols, grid.n2)
+            return decode_block(coeffs, grid.n1, grid.n2, work=work)
         c0, c1 = l0 * grid.cols, l1 * grid.cols
+        if self.chunk_major is not None:
+            coeffs = self.chunk_major[c0:c1]
+            return decode_chunk_major(coeffs, l1 - l0, grid.n1, grid.n2, work=work)
         left, right = self.factors[0][c0:c1], self.factors[1][c0:c1]
         out = work[: (c1 - c0) * grid.chunk_numel].view(c1 - c0, grid.n1, grid.n2)
         out = torch.bmm(left, right, out=out)
@@ -177,7 +180,8 @@ class Update:
 
 def _mean_of_full(val: torch.Tensor, peers: int, grid: ChunkGrid) -> torch.Tensor:
     """:func:`scatter_mean_dense` when every peer sent every coefficient in index order
-    (``val`` is ``(chunks, peers * T)``): the same formula, without indices."""
+    (``val`` is ``(chunks, peers * T)``): the same formula, without indices, kept chunk-major
+    ``(chunks, T)`` (for :func:`~psyche_distro.dct.decode_chunk_major`)."""
     values = val.reshape(grid.num_chunks, peers, grid.chunk_numel)
     first = values[:, 0]
     if peers > 1:
@@ -185,7 +189,7 @@ def _mean_of_full(val: torch.Tensor, peers: int, grid: ChunkGrid) -> torch.Tenso
         for rank in range(peers):
             total.add_(values[:, rank] - first)
         first = first + total.div_(peers)
-    return from_chunks(first.reshape(-1, grid.n1, grid.n2), grid).view(grid.rows, grid.width)
+    return first
 
 
 def grid4(rows: torch.Tensor, grid: ChunkGrid) -> torch.Tensor:
@@ -221,11 +225,15 @@ def generate(
     grid = group.grid
     weights, grads = group.weights(), group.grads()
     shrink = 1.0 - lr * weight_decay
-    work, spare, third = buffers
+    work, spare = buffers[0], buffers[1]
     # k' = T at full precision: this peer sent all of delta, nothing is left to feed back
     everything_sent = group.k == grid.chunk_numel and group.dtype == group.delta.dtype
-    idx = torch.empty((grid.num_chunks, group.k), dtype=torch.int64, device=group.delta.device)
-    val = torch.empty((grid.num_chunks, group.k), dtype=group.delta.dtype, device=idx.device)
+    device, full = group.delta.device, group.k == grid.chunk_numel
+    if full:  # every coefficient, in index order: the indices are a broadcast view
+        idx = torch.arange(group.k, device=device).expand(grid.num_chunks, group.k)
+    else:
+        idx = torch.empty((grid.num_chunks, group.k), dtype=torch.int64, device=device)
+    val = torch.empty((grid.num_chunks, group.k), dtype=group.delta.dtype, device=device)
     for block in group.blocks:
         wb = group.rows(weights, block)
         if saved is not None:  # exact undo of the lookahead, fused with the weight decay
@@ -248,10 +256,12 @@ def generate(
         if group.bf16_select:
             idx[c0:c1], val[c0:c1] = topk_rows_bf16(d, grid.n1, grid.n2, group.k, buffers)
         else:
-            coeffs = encode_rows(d, grid.n1, grid.n2, work=work, out=spare)
-            idx[c0:c1], val[c0:c1] = topk_rows(
-                coeffs, grid.n1, grid.n2, group.k, work=third if grid.n1 > 1 else spare
-            )
+            coeffs = encode_block(d, grid.n1, grid.n2, work=work)
+            if full:  # (b, d) order per chunk
+                chunks = val[c0:c1].view(c1 - c0, grid.n1, grid.n2)
+                chunks.copy_(coeffs.reshape(c1 - c0, grid.n2, grid.n1).transpose(1, 2))
+            else:
+                idx[c0:c1], val[c0:c1] = topk_block(coeffs, group.k, work=spare)
         if update is not None:  # psyche mode: last step's aggregate
             decoded = update.decode(block, work, spare)
             grid4(wb, grid).add_(decoded.sign_(), alpha=-lr)

@@ -177,7 +177,7 @@ class DistroOptimizer(Optimizer):
             for name, p in zip(self._names, self._params):
                 metrics[f"{name}.grad_energy"] = _l1(p.grad) if p.grad is not None else 0.0
         own_results: list[tuple[torch.Tensor, torch.Tensor]] = []
-        wire: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self._params)
+        wire: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
         for i, group in enumerate(self._groups):
             own = self._own[i] if self._own is not None else None
             idx, val = generate(
@@ -191,14 +191,14 @@ class DistroOptimizer(Optimizer):
                 buffers=self._work(group),
             )
             val = val.to(group.dtype)  # the values as every peer will see them (unless 1-bit)
-            for m in group.members:
-                wire[m.position] = (idx[m.chunks], val[m.chunks])
-                if stats:
+            wire.append(([m.position for m in group.members], idx, val))
+            if stats:
+                for m in group.members:
                     metrics[f"{m.name}.delta_energy"] = _l1(group.delta_of(m))
             own_results.append((idx, val.to(group.delta.dtype)))
         self._own = own_results
 
-        gathered = self._exchange(ctx.communicator, self.layout.serialize(wire))
+        gathered = self._exchange(ctx.communicator, self.layout.serialize_groups(wire))
         if self.mode == "sync":
             for group, update in zip(self._groups, self._aggregate(gathered)):
                 apply(group, update, lr, self._work(group))
@@ -214,23 +214,12 @@ class DistroOptimizer(Optimizer):
 
     def _aggregate(self, payloads: torch.Tensor) -> list[Update]:
         """Every group's scatter-mean over the peers' payloads, ready to decode."""
-        dtypes = [g.delta.dtype for g in self._groups for _ in g.members]
-        devices = [g.delta.device for g in self._groups for _ in g.members]
-        order = [m.position for g in self._groups for m in g.members]
-        by_position = dict(zip(order, zip(dtypes, devices)))
-        parsed = self.layout.parse(
-            payloads,
-            [by_position[i][0] for i in range(len(order))],
-            [by_position[i][1] for i in range(len(order))],
-        )
+        groups = [
+            ([m.position for m in g.members], g.delta.dtype, g.delta.device) for g in self._groups
+        ]
+        parsed = self.layout.parse_groups(payloads, groups)
         peers = payloads.shape[0]
-        updates = []
-        for group in self._groups:
-            parts = [parsed[m.position] for m in group.members]
-            idx = torch.cat([i for i, _ in parts]) if group.stacked else parts[0][0]
-            val = torch.cat([v for _, v in parts]) if group.stacked else parts[0][1]
-            updates.append(Update(group, idx, val, peers))
-        return updates
+        return [Update(g, idx, val, peers) for g, (idx, val) in zip(self._groups, parsed)]
 
     def _work(self, group: Group) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Three scratch buffers big enough for any block, per device and dtype."""
@@ -264,6 +253,8 @@ class DistroOptimizer(Optimizer):
                 raise PsycheError(
                     f"DisTrO: peer {rank} sent {other.numel()} bytes, expected {self.layout.nbytes}"
                 )
+        if len(payloads) == 1:  # one peer: its own fresh buffer, no copy
+            return payloads[0].to(payload.device).unsqueeze(0)
         return torch.stack([other.to(payload.device) for other in payloads])
 
     def _fingerprint(self) -> tuple[Any, ...]:
