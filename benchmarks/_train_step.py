@@ -16,8 +16,9 @@ psyche's trainer calls it). Sides:
 - ``psyche-ckpt-full`` / ``psyche-ckpt-selective``: ``--activation-checkpointing`` (memory).
 
 Speed: one child process holds the timed sides and runs them round after round, rotating the
-order each round, so a busy shared machine slows all alike; each ratio is the median over rounds
-of the per-round time ratio. Compile time (dynamo's own accounting) is reported separately.
+order each round, so a busy shared machine slows all alike; ``speed_ratios.SIDE_vs_BASE`` is the
+median over rounds of BASE's step time / SIDE's in that round. Compile time (dynamo's own
+accounting) is reported separately.
 Memory: each side alone in a child; peak resident set (``VmHWM``, reset after setup) above the
 resident set once model, data and optimizer exist.
 """
@@ -191,7 +192,7 @@ def time_sides(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     for side, base in RATIOS:
         if side in times and base in times:
             per_round = [b / s for s, b in zip(times[side], times[base])]
-            ratios[f"{side} vs {base}"] = round(statistics.median(per_round), 3)
+            ratios[f"{side}_vs_{base}"] = round(statistics.median(per_round), 3)
     return {
         "times": times,
         "ratios": ratios,
