@@ -1,201 +1,21 @@
 """Training-step benchmark: psyche-llama against the strongest transformers baselines on CPU.
 
-One step is forward + backward + a fused torch AdamW step on the ``20m`` preset (batch 4 x 256
-by default); every side loads one checkpoint, so all hold the same weights. Sides:
+The ``20m`` preset, batch 4 x 256 by default; the sides, rounds and memory measurement are
+``_train_step.py``'s (see its docstring).
 
-- ``psyche``: psyche's trainer path, ``model(ids, labels=ids, return_logits=False)``, float32
-  (``--precision 32-true``);
-- ``psyche-bf16-mixed``: the same under ``torch.autocast`` bfloat16 (``--precision bf16-mixed``);
-- ``psyche-compile``: float32 with every decoder layer compiled (``--compile``);
-- ``psyche-bf16-mixed-compile``: both;
-- ``psyche-logits``: float32 with the full ``(B, T, vocab)`` logits materialised;
-- ``hf-compile``: transformers' LlamaForCausalLM, ``torch.compile``d whole, float32;
-- ``hf-compile-bf16``: the same under ``torch.autocast`` bfloat16;
-- ``psyche-ckpt-full`` / ``psyche-ckpt-selective``: ``--activation-checkpointing`` (memory).
-
-Speed: one child process holds the timed sides and runs them round after round, rotating the
-order each round, so a busy shared machine slows all alike; each ratio is the median over rounds
-of the per-round time ratio. Compile time (dynamo's own accounting) is reported separately.
-Memory: each side alone in a child; peak resident set (``VmHWM``, reset after setup) above the
-resident set once model, data and optimizer exist.
-
-    python benchmarks/llama_train_step.py --out benchmarks/results/llama_train_step_speed.json
+    python benchmarks/llama_train_step.py --save
     python benchmarks/llama_train_step.py --rounds 4 --warmup 2 --sides psyche,psyche-bf16-mixed
+    python benchmarks/llama_train_step.py --sides "" --memory psyche,psyche-ckpt-full \\
+        --batch 8 --seq-len 2048 --name llama_train_step_checkpointing_8x2048 --save
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
-import _record
+import _train_step
 
 PRESET = "20m"
-SIDES = (
-    "psyche",
-    "psyche-bf16-mixed",
-    "psyche-compile",
-    "psyche-bf16-mixed-compile",
-    "psyche-logits",
-    "hf-compile",
-    "hf-compile-bf16",
-    "psyche-ckpt-full",
-    "psyche-ckpt-selective",
-)
-# (side, baseline) pairs whose speed ratio the summary reports
-RATIOS = (
-    ("psyche", "hf-compile"),
-    ("psyche-bf16-mixed", "hf-compile-bf16"),
-    ("psyche-bf16-mixed", "psyche"),
-    ("psyche-compile", "psyche"),
-    ("psyche-bf16-mixed-compile", "psyche-bf16-mixed"),
-    ("psyche-bf16-mixed-compile", "hf-compile-bf16"),
-    ("psyche", "psyche-logits"),
-)
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _compile_seconds() -> float:
-    from torch._dynamo.utils import calculate_time_spent
-
-    return float(calculate_time_spent().get("total_wall_time", 0.0))
-
-
-class Side:
-    """One model with its optimizer and the way its trainer calls it."""
-
-    def __init__(self, name: str, checkpoint: str) -> None:
-        import torch
-
-        self.name = name
-        self.autocast = "bf16" in name
-        self.psyche = name.startswith("psyche")
-        if self.psyche:
-            from psyche_core.compiling import compile_regions
-            from psyche_llama.model import LlamaForCausalLM
-
-            self.model = LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
-            self.model.set_attn_implementation("sdpa")
-            if name.startswith("psyche-ckpt-"):
-                self.model.set_activation_checkpointing(name.removeprefix("psyche-ckpt-"))
-            if name.endswith("-compile"):
-                compile_regions(self.model)
-            self.forward = self.model
-        else:
-            from transformers import AutoModelForCausalLM
-
-            self.model = AutoModelForCausalLM.from_pretrained(
-                checkpoint, dtype=torch.float32, attn_implementation="sdpa"
-            )
-            self.forward = torch.compile(self.model)
-        self.model.train()
-        # psyche's AdamW is torch's fused one; the baselines get the same
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True
-        )
-        self.losses: list[float] = []
-
-    def step(self, ids: Any) -> float:
-        """One training step; returns its wall time in seconds."""
-        import torch
-
-        start = time.perf_counter()
-        self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
-            if self.psyche:
-                full_logits = self.name == "psyche-logits"
-                out = self.forward(ids, labels=ids, return_logits=full_logits)
-            else:
-                out = self.forward(input_ids=ids, labels=ids)
-        out.loss.backward()
-        self.optimizer.step()
-        elapsed = time.perf_counter() - start
-        self.losses.append(out.loss.item())
-        return elapsed
-
-
-def _batches(args: argparse.Namespace, vocab: int) -> list[Any]:
-    import torch
-
-    generator = torch.Generator().manual_seed(1234)
-    shape = (args.batch, args.seq_len)
-    return [torch.randint(0, vocab, shape, generator=generator) for _ in range(4)]
-
-
-def time_sides(args: argparse.Namespace) -> dict[str, Any]:
-    """Every side in one process, rounds in rotating order; compile time kept apart."""
-    import torch
-
-    torch.set_num_threads(args.threads)
-    names = args.sides.split(",")
-    sides = [Side(name, args.checkpoint) for name in names]
-    batches = _batches(args, sides[0].model.config.vocab_size)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    warmup_s: dict[str, float] = {name: 0.0 for name in names}
-    compile_s: dict[str, float] = {name: 0.0 for name in names}
-    for round_ in range(args.warmup + args.rounds):
-        ids = batches[round_ % len(batches)]
-        shift = round_ % len(sides)
-        for side in sides[shift:] + sides[:shift]:
-            compiled_before = _compile_seconds()
-            elapsed = side.step(ids)
-            if round_ >= args.warmup:
-                times[side.name].append(elapsed)
-            else:
-                warmup_s[side.name] += elapsed
-                compile_s[side.name] += _compile_seconds() - compiled_before
-    ratios = {}
-    for side, base in RATIOS:
-        if side in times and base in times:
-            per_round = [b / s for s, b in zip(times[side], times[base])]
-            ratios[f"{side} vs {base}"] = round(statistics.median(per_round), 3)
-    return {
-        "times": times,
-        "ratios": ratios,
-        "compile_s": compile_s,
-        "warmup_s": warmup_s,
-        "losses": {side.name: side.losses for side in sides},
-    }
-
-
-def measure_memory(args: argparse.Namespace) -> dict[str, Any]:
-    """One side alone: peak resident memory of training steps above the post-setup level."""
-    import torch
-
-    torch.set_num_threads(args.threads)
-    side = Side(args.side, args.checkpoint)
-    batches = _batches(args, side.model.config.vocab_size)
-    exact = _reset_peak_rss()
-    baseline = _status_kib("VmRSS")
-    times = [side.step(batches[i % len(batches)]) for i in range(args.memory_steps)]
-    return {
-        "peak_mib": round((_status_kib("VmHWM") - baseline) / 1024, 1),
-        "peak_exact": exact,
-        "step_s": round(statistics.median(times[1:] or times), 3),
-        "losses": [round(x, 5) for x in side.losses],
-    }
 
 
 def make_checkpoint(directory: str) -> int:
@@ -207,78 +27,21 @@ def make_checkpoint(directory: str) -> int:
     return model.num_parameters()
 
 
-def _child(args: argparse.Namespace, checkpoint: str, *extra: str) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--checkpoint", checkpoint, *extra]
-    for flag in ("warmup", "rounds", "batch", "seq-len", "threads", "memory-steps", "sides"):
-        command += [f"--{flag}", str(getattr(args, flag.replace("-", "_")))]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    out = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def load_psyche(checkpoint: str) -> Any:
+    import torch
+
+    from psyche_llama.model import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--side", help="internal: measure one side's memory in a child")
-    parser.add_argument("--timing", action="store_true", help="internal: the timing child")
-    parser.add_argument("--checkpoint", help="internal: the checkpoint every side loads")
-    default_timed = ",".join(s for s in SIDES if "ckpt" not in s)
-    parser.add_argument("--sides", default=default_timed, help="timed sides, comma-separated")
-    parser.add_argument(
-        "--memory",
-        default="psyche,psyche-bf16-mixed,psyche-logits,hf-compile",
-        help="sides whose peak memory is measured, each alone (empty: none)",
-    )
-    parser.add_argument("--rounds", type=int, default=20, help="timed rounds")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (compile)")
-    parser.add_argument("--memory-steps", type=int, default=3, help="steps per memory child")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
-    _record.add_save_flag(parser)
-    parser.add_argument("--name", default="llama_train_step", help="results/NAME.json for --save")
-    args = parser.parse_args()
-    if args.timing:
-        print(json.dumps(time_sides(args)))
-        return
-    if args.side:
-        print(json.dumps(measure_memory(args)))
-        return
-
-    started = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = os.path.join(tmp, "llama-20m")
-        params = make_checkpoint(checkpoint)
-        timing = _child(args, checkpoint, "--timing") if args.sides else None
-        memory = {
-            name: _child(args, checkpoint, "--side", name)
-            for name in filter(None, args.memory.split(","))
-        }
-
-    tokens = args.batch * args.seq_len
-    summary: dict[str, Any] = {
-        "preset": PRESET,
-        "parameters": params,
-        "batch": [args.batch, args.seq_len],
-        "threads": args.threads,
-        "timed_rounds": args.rounds,
-        "warmup_rounds": args.warmup,
-    }
-    if timing is not None:
-        for name, times in timing["times"].items():
-            losses = timing["losses"][name]
-            summary[name] = {
-                "tokens_per_s": round(tokens / statistics.median(times), 1),
-                "median_step_ms": round(statistics.median(times) * 1000, 1),
-                "min_step_ms": round(min(times) * 1000, 1),
-                "compile_s": round(timing["compile_s"][name], 1),
-                "warmup_s": round(timing["warmup_s"][name], 1),
-                "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
-            }
-        summary["speed_ratios"] = timing["ratios"]
-    summary["memory"] = memory
-    summary["wall_s"] = round(time.time() - started, 1)
-    _record.emit(summary, args.save, args.name)
-
+BENCH = _train_step.Bench(
+    model=f"llama:{PRESET}",
+    make_checkpoint=make_checkpoint,
+    load_psyche=load_psyche,
+    name="llama_train_step_speed",
+    doc=__doc__,
+)
 
 if __name__ == "__main__":
-    main()
+    _train_step.main(BENCH)

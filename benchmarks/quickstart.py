@@ -5,12 +5,14 @@ quotes from that run (final loss, seconds, tokens/s, the first and last losses) 
 machine and load, so the quoted figures have a results file. About 90 s on 2 quiet CPU cores.
 
     python benchmarks/quickstart.py --save
+    python benchmarks/quickstart.py --name quickstart_bf16_mixed --save -- --precision bf16-mixed
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -23,12 +25,14 @@ DONE = re.compile(
     r"done: steps (?P<first>\d+)\.\.(?P<last>\d+), final loss (?P<loss>[\d.]+), "
     r"(?P<seconds>[\d.]+)s, (?P<rate>[\d,]+) tokens/s"
 )
+MFU = re.compile(r"(?P<tflops>[\d.e+-]+) model TFLOP/s(?: \(MFU (?P<mfu>[\d.]+)%\))?")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("train_args", nargs="*", help="extra `psyche train` flags")
     _record.add_save_flag(parser)
+    parser.add_argument("--name", default="quickstart", help="results/NAME.json for --save")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         metrics = Path(tmp) / "metrics.jsonl"
@@ -38,12 +42,16 @@ def main() -> None:
             capture_output=True,
             text=True,
             check=True,
+            env={**os.environ, "COLUMNS": "300"},  # the summary on one line
         )
         losses = [json.loads(line)["loss"] for line in metrics.read_text().splitlines()]
     done = DONE.search(out.stdout + out.stderr)
     if done is None:
         tail = (out.stdout + out.stderr)[-2000:]
         raise SystemExit(f"no 'done:' line in the output:\n{tail}")
+    # the summary line as one line, whatever width the console wrapped it to
+    line = " ".join((out.stdout + out.stderr)[done.start() :].split("\n\n")[0].split())
+    throughput = MFU.search(line)
     _record.emit(
         {
             "benchmark": "quickstart",
@@ -53,10 +61,12 @@ def main() -> None:
             "final_loss": float(done["loss"]),
             "seconds": float(done["seconds"]),
             "tokens_per_s": int(done["rate"].replace(",", "")),
-            "done_line": done.group(0),
+            "model_tflops": float(throughput["tflops"]) if throughput else None,
+            "mfu_percent": float(throughput["mfu"]) if throughput and throughput["mfu"] else None,
+            "done_line": line.strip(),
         },
         args.save,
-        "quickstart",
+        args.name,
     )
 
 

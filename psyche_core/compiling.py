@@ -1,9 +1,10 @@
-"""``--compile``: regional ``torch.compile`` of a model's repeated blocks.
+"""``--compile``: regional ``torch.compile`` of a model's repeated blocks and of its loss.
 
 Each decoder layer is compiled in place (``nn.Module.compile``), so the state-dict keys stay
 the model's own (no ``_orig_mod.`` prefix) and checkpoints are unchanged. The layers share
 their code, so dynamo compiles one graph and reuses it for every layer: compile time does not
-grow with depth.
+grow with depth. The chunked LM-head loss (``psyche_core.losses``) compiles its per-chunk
+softmax and gradient pass, which in eager mode is four passes over ``(rows, vocab)`` logits.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from psyche_core.errors import PsycheError
+from psyche_core.losses import compile_loss
 
 
 def compiler_problem(device: torch.device) -> str | None:
@@ -70,8 +72,12 @@ def repeated_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def compile_regions(model: nn.Module) -> int:
-    """Compile every repeated block of ``model`` in place; returns how many."""
+    """Compile every repeated block of ``model`` in place, and the chunked loss of its
+    ``lm_head`` (transformers' name) where it has one; returns how many blocks."""
     blocks = repeated_blocks(model)
     for block in blocks:
         block.compile()
+    head = getattr(model, "lm_head", None)
+    if isinstance(head, nn.Module):
+        compile_loss(head)
     return len(blocks)

@@ -9,6 +9,7 @@ exists in full. Model plugins use it for their ``return_logits=False`` path.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -22,18 +23,51 @@ from psyche_core.model import CausalLMOutput
 # At most this many logits (rows x vocab) exist at a time: 32 MiB in float32.
 LOSS_CHUNK_ELEMENTS = 1 << 23
 
+# LM heads whose chunked loss runs its softmax pass compiled (``--compile``: compile_loss).
+_COMPILED_HEADS: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+
+
+def compile_loss(head: torch.nn.Module) -> None:
+    """Run the chunked loss of ``head`` (an LM head passed to ``causal_lm_output``) with its
+    per-chunk softmax, loss and gradient fused by ``torch.compile``; the head itself, its
+    parameters and state-dict keys are untouched."""
+    _COMPILED_HEADS.add(head)
+
 
 def linear_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, compiled: bool = False
 ) -> torch.Tensor:
     """Mean cross entropy of ``hidden @ weight.T`` against ``targets`` (``-100`` skipped),
     without ever holding the full ``(N, vocab)`` logits: equal to ``lm_head`` + cross entropy.
 
     Under autograd the gradients are computed during this call (see ``_LinearCrossEntropy``).
+    ``compiled`` runs each chunk's softmax, loss and ``softmax - one_hot`` as one
+    ``torch.compile``d kernel (``--compile``) instead of four eager passes over the logits.
     """
     if not torch.is_grad_enabled():  # no_grad: skip the eager gradient work
         hidden, weight = hidden.detach(), weight.detach()
-    return _LinearCrossEntropy.apply(hidden, weight, targets)
+    return _LinearCrossEntropy.apply(hidden, weight, targets, compiled)
+
+
+def _softmax_grad_(logits: Tensor, target: Tensor) -> Tensor:
+    """Row losses ``(rows, 1)`` of ``(rows, vocab)`` logits, which are overwritten in place by
+    their gradient ``softmax - one_hot`` (float32 math, stored in the logits' dtype)."""
+    x = logits.float()
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    loss = lse - x.gather(1, target)
+    columns = torch.arange(x.shape[-1], device=x.device)
+    logits.copy_(torch.exp(x - lse) - (columns == target).float())
+    return loss
+
+
+_compiled_softmax_grad: Any = None
+
+
+def _fused_softmax_grad_(logits: Tensor, target: Tensor) -> Tensor:
+    global _compiled_softmax_grad
+    if _compiled_softmax_grad is None:
+        _compiled_softmax_grad = torch.compile(_softmax_grad_)
+    return _compiled_softmax_grad(logits, target)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -42,11 +76,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
     Each chunk's logits become their own gradient (softmax - one-hot) in place, and the
     gradients of ``hidden`` and ``weight`` are accumulated right away, so backward only scales
     them: the same three matmuls as head + loss + backward, but no logits tensor, no
-    log-softmax copy and nothing vocabulary-sized saved for backward.
+    log-softmax copy and nothing vocabulary-sized saved for backward. The chunk-sized buffers
+    are allocated once per call, not once per chunk: each is a fresh ~32 MiB mapping that the
+    CPU would otherwise fault in page by page for every chunk.
     """
 
     @staticmethod
-    def forward(ctx: Any, hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+    def forward(
+        ctx: Any, hidden: Tensor, weight: Tensor, targets: Tensor, compiled: bool
+    ) -> Tensor:
         need_hidden, need_weight = ctx.needs_input_grad[:2]
         # Under autocast (bf16-mixed) all three head matmuls run in the autocast dtype, as
         # they would for nn.Linear + cross entropy: autocast alone would only cast the forward
@@ -62,27 +100,27 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden, dtype=out_hidden) if need_hidden else None
         grad_weight = None  # float32 sum over chunks
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        rows = max(1, LOSS_CHUNK_ELEMENTS // weight.shape[0])
+        rows = min(max(1, LOSS_CHUNK_ELEMENTS // weight.shape[0]), hidden.shape[0])
+        logits_buffer = hidden.new_empty(rows, weight.shape[0])
+        # eager softmax runs in float32: a float32 copy of lower-precision logits
+        probs_buffer = None
+        if not compiled and hidden.dtype != torch.float32:
+            probs_buffer = logits_buffer.float()
+        part_buffer = None  # (vocab, hidden) weight-gradient product in the compute dtype
         for start in range(0, hidden.shape[0], rows):
             h = hidden[start : start + rows]
+            n = h.shape[0]
             target = targets[start : start + rows].clamp(min=0)[:, None]
             keep = valid[start : start + rows, None]
-            logits = (h @ weight.t()).float()  # (rows, vocab)
-            picked = logits.gather(1, target)
-            probs = torch.softmax(logits, dim=-1, out=logits)  # in place: one pass, no copy
-            loss = -probs.gather(1, target).log()
-            # A target probability below float32's normal range (a loss of ~87 nats) loses
-            # precision; such rows, if any, get an exact log-sum-exp from their logits.
-            far = (loss > 60).flatten().nonzero().flatten()
-            if len(far):
-                loss[far] = torch.logsumexp((h[far] @ weight.t()).float(), -1, True) - picked[far]
+            logits = torch.mm(h, weight.t(), out=logits_buffer[:n])  # (rows, vocab)
+            if compiled:
+                loss = _fused_softmax_grad_(logits, target)
+                grad = logits
+            else:
+                loss, grad = _softmax_grad_eager_(logits, target, probs_buffer, h, weight)
             total += (loss * keep).sum()
             if not (need_hidden or need_weight):
                 continue
-            # d(loss)/d(logits) = (softmax - one_hot) * row_scale; the row scale (zero for rows
-            # without a target) is applied to the small (rows, hidden) factors, not to this.
-            minus_one = torch.full(target.shape, -1.0, device=target.device)
-            grad = probs.scatter_add_(1, target, minus_one).to(h.dtype)
             if mixed:
                 # the row scale stays float32 (1/N rounded to bfloat16 would bias every
                 # gradient alike); only the matmul operands are in the compute dtype
@@ -90,7 +128,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if need_hidden:
                     torch.mul(grad @ weight, row_scale, out=grad_hidden[start : start + rows])
                 if need_weight:
-                    part = grad.t() @ (h * row_scale).to(h.dtype)
+                    if part_buffer is None:
+                        part_buffer = weight.new_empty(weight.shape)
+                    part = torch.mm(grad.t(), (h * row_scale).to(h.dtype), out=part_buffer)
                     grad_weight = part.float() if grad_weight is None else grad_weight.add_(part)
                 continue
             row_scale = (keep * scale).to(h.dtype)  # (rows, 1)
@@ -107,13 +147,33 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return total * scale
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         grad_hidden, grad_weight = ctx.grads
         del ctx.grads
         if grad_output.device.type != "cpu" or float(grad_output) != 1.0:
             grad_hidden = None if grad_hidden is None else grad_hidden.mul_(grad_output)
             grad_weight = None if grad_weight is None else grad_weight.mul_(grad_output)
-        return grad_hidden, grad_weight, None
+        return grad_hidden, grad_weight, None, None
+
+
+def _softmax_grad_eager_(
+    logits: Tensor, target: Tensor, probs_buffer: Tensor | None, h: Tensor, weight: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Eager ``_softmax_grad_``: row losses and ``softmax - one_hot`` in the logits' dtype
+    (written over ``logits``), the softmax done in place in float32."""
+    n = logits.shape[0]
+    probs = logits if probs_buffer is None else probs_buffer[:n].copy_(logits)
+    picked = probs.gather(1, target)
+    torch.softmax(probs, dim=-1, out=probs)  # in place: one pass, no copy
+    loss = -probs.gather(1, target).log()
+    # A target probability below float32's normal range (a loss of ~87 nats) loses
+    # precision; such rows, if any, get an exact log-sum-exp from their logits.
+    far = (loss > 60).flatten().nonzero().flatten()
+    if len(far):
+        loss[far] = torch.logsumexp((h[far] @ weight.t()).float(), -1, True) - picked[far]
+    minus_one = torch.full(target.shape, -1.0, device=target.device)
+    probs.scatter_add_(1, target, minus_one)
+    return loss, probs if probs_buffer is None else logits.copy_(probs)
 
 
 def shifted_targets(labels: Tensor) -> Tensor:
@@ -152,5 +212,6 @@ def causal_lm_output(
         if head.bias is not None:
             raise ValueError("the chunked loss path supports LM heads without a bias")
         targets = shifted_targets(labels).flatten()
-        loss = linear_cross_entropy(hidden.flatten(0, 1), head.weight, targets)
+        compiled = head in _COMPILED_HEADS
+        loss = linear_cross_entropy(hidden.flatten(0, 1), head.weight, targets, compiled)
     return CausalLMOutput(logits, loss)

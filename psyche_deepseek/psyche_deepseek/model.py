@@ -166,8 +166,11 @@ def apply_rotary_emb(x: Tensor, freqs_cis: Tensor) -> Tensor:
     """Adjacent pairs (x[2i], x[2i+1]) of ``x`` ``(..., T, rope_dim)`` rotated as complex
     numbers in float32 and laid out as they came: transformers' V2 ``apply_rotary_emb``."""
     pairs = x.float().unflatten(-1, (-1, 2))  # (..., rope_dim / 2, 2)
-    if pairs.storage_offset() % 2 or any(stride % 2 for stride in pairs.stride()[:-1]):
-        pairs = pairs.contiguous()  # view_as_complex needs whole complex numbers
+    # view_as_complex needs whole complex numbers; compiled (--compile), copy without asking,
+    # since dynamo cannot trace storage_offset()
+    misaligned = torch.compiler.is_compiling() or pairs.storage_offset() % 2
+    if misaligned or any(stride % 2 for stride in pairs.stride()[:-1]):
+        pairs = pairs.contiguous()
     turned = torch.view_as_complex(pairs) * freqs_cis
     return torch.view_as_real(turned).flatten(-2).to(x.dtype)
 

@@ -146,6 +146,9 @@ class DeepseekV3Experts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(experts, hidden, inner))
         self.act_fn = ACTIVATIONS[config.hidden_act]
 
+    # --compile runs the experts eager: their row counts change every step, which dynamo would
+    # otherwise recompile for (and the CPU alignment check reads data pointers).
+    @torch.compiler.disable
     def forward(
         self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, counts: torch.Tensor
     ) -> torch.Tensor:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from psyche_core.comm import LocalGroup
+from psyche_core.compiling import compile_regions, compiler_problem
 from psyche_core.options import Options
 from psyche_core.testing import check_activation_checkpointing
 from psyche_deepseek.model import DeepseekV3ForCausalLM
@@ -52,3 +53,32 @@ def test_flops_per_token_counts_only_active_experts():
     )
     expert = 3 * config.hidden_size * config.moe_intermediate_size
     assert more_active.flops_per_token(64) - model.flops_per_token(64) == 6 * moe_layers * expert
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(compiler_problem(torch.device("cpu")) is not None, reason="no compiler")
+def test_compiled_layers_train_like_eager_and_keep_state_dict_keys():
+    """--compile on DeepSeek-V3: dense and MoE layers compiled (experts eager), same losses,
+    same state-dict keys, and no recompiles once the first step has compiled."""
+    from torch._dynamo.utils import counters
+
+    ids = torch.randint(0, TINY["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for compiled in (False, True):
+        model = DeepseekV3ForCausalLM.from_config(TINY, seed=1)
+        keys = list(model.state_dict())
+        if compiled:
+            assert compile_regions(model) == TINY["num_hidden_layers"]
+        assert list(model.state_dict()) == keys
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for step in range(3):
+            if step == 1:
+                graphs = counters["stats"]["unique_graphs"]
+            loss = model(ids, labels=ids, return_logits=False).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            model.step_end(LocalGroup(1).communicator(0))
+        losses.append(loss.item())
+        assert counters["stats"]["unique_graphs"] == graphs
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
