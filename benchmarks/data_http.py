@@ -9,12 +9,20 @@ alternating rounds, times batches of ``--batch`` x ``--sequence-length`` samples
 - ``local``: the local provider (memory-mapped, page cache warm);
 - ``http``: the http provider against ``psyche data serve`` (coalesced, multi-range,
   concurrent, read-ahead);
-- ``http_plain``: the http provider against the plain server (one range per request);
+- ``http_plain``: the http provider against the plain server (one range per request, so it
+  reads the samples of many steps ahead, through the gaps between them, with
+  ``--plain-cache-megabytes`` of read-ahead; default a quarter of the data, as a 256 MiB cache
+  would be for 1 GB of data);
 - ``before``: what the provider did before multi-range: one request per sample (adjacent
   samples merged), ``--connections`` at a time, against ``psyche data serve``.
 
-Shuffled (seeded) and in file order. Prints one JSON object of medians (with ``--save``, also
-writes benchmarks/results/data_http.json); takes a few minutes.
+Shuffled (seeded) and in file order. Each round gives every reader a fresh provider and times
+``--batches`` consecutive batches plus its ``close()``: the start-up (the first batch alone,
+learning that the plain server ignores multi-range) and the read-ahead still in flight at the
+end (fetched, never used) are in the time, so the rates are below a long run's steady state.
+``useful_MB`` / ``fetched_MB`` are the bytes of the samples asked of the server and the bytes it
+sent (gaps read through, read-ahead not used). Prints one JSON object of medians (with
+``--save``, also writes benchmarks/results/data_http.json); takes a few minutes.
 
     python benchmarks/data_http.py --megabytes 128 --connections 16 --save
 """
@@ -53,14 +61,50 @@ def read_before(http: HttpDataProvider, ids) -> np.ndarray:
     calls = [(http.urls[f], offset * 2, count * length * 2) for f, offset, count, _ in runs]
     for (_, _, count, rows), data in zip(runs, http.client.map(http.client.read, calls)):
         out[rows] = np.frombuffer(data, dtype="<u2").reshape(count, length)
+    http.bytes_useful += out.nbytes // 2
+    http.bytes_fetched += out.nbytes // 2
     return out
 
 
-def seconds_per_batch(read, batches: int, batch: int, first: int) -> float:
+def seconds_per_batch(make, batches: int, batch: int, first: int, local) -> tuple[float, dict]:
+    """Time ``batches`` consecutive batches from a fresh reader, its close() included; check
+    the last batch against the local provider; the reader's byte counts."""
+    provider, read = make()
     started = time.perf_counter()
     for b in range(first, first + batches):
-        read(range(b * batch, (b + 1) * batch))
-    return (time.perf_counter() - started) / batches
+        ids = range(b * batch, (b + 1) * batch)
+        last = read(ids)
+    if provider is not None:
+        provider.close()
+    seconds = (time.perf_counter() - started) / batches
+    assert np.array_equal(last, local.read(ids))
+    counts = {}
+    if provider is not None:
+        counts = {"useful": provider.bytes_useful, "fetched": provider.bytes_fetched}
+    return seconds, counts
+
+
+def make_readers(local, multi_url: str, plain_url: str, seed, connections: int, cache: float):
+    """name -> a function giving a fresh ``(provider or None, read)``."""
+    length = local.index.sequence_length
+    options = dict(seed=seed, connections=connections, timeout=30)
+    multi_files = resolve_sources(multi_url).files
+    plain_files = resolve_sources(plain_url).files
+
+    def http(files=multi_files, **extra):
+        provider = HttpDataProvider(files, length, **options, **extra)
+        return provider, provider.read
+
+    def before():
+        provider = HttpDataProvider(multi_files, length, **options)
+        return provider, lambda ids: read_before(provider, ids)
+
+    return {
+        "local": lambda: (None, local.read),
+        "http": http,
+        "http_plain": lambda: http(plain_files, cache_megabytes=cache),
+        "before": before,
+    }
 
 
 def serve(folder: Path, *flags: str) -> tuple[subprocess.Popen, str]:
@@ -79,13 +123,20 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=128)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--sequence-length", type=int, default=2048)
-    parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--batches", type=int, default=32, help="batches per reader and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--plain-cache-megabytes",
+        type=float,
+        default=None,
+        help="read-ahead for http_plain (default: a quarter of --megabytes)",
+    )
     _record.add_save_flag(parser)
     args = parser.parse_args()
     length, batch = args.sequence_length, args.batch
     sample_bytes = 2 * length
+    plain_cache = args.plain_cache_megabytes or args.megabytes / 4
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="psyche-bench-") as tmp:
         folder = Path(tmp)
@@ -97,35 +148,33 @@ def main() -> None:
         try:
             for order, seed in (("shuffled", 0), ("file_order", None)):
                 local = LocalDataProvider(folder, length, seed=seed)
-                options = dict(seed=seed, connections=args.connections, timeout=30)
-                providers = {
-                    "http": HttpDataProvider(resolve_sources(multi_url).files, length, **options),
-                    "http_plain": HttpDataProvider(
-                        resolve_sources(plain_url).files, length, **options
-                    ),
-                }
-                before = HttpDataProvider(resolve_sources(multi_url).files, length, **options)
-                readers = {
-                    "local": local.read,
-                    **{k: p.read for k, p in providers.items()},
-                    "before": lambda ids, b=before: read_before(b, ids),
-                }
-                for name, read in readers.items():  # same samples everywhere
-                    assert np.array_equal(read(range(batch)), local.read(range(batch))), name
-                per_round = local.num_sequences // batch // args.rounds
-                batches = min(args.batches, per_round)
+                readers = make_readers(
+                    local, multi_url, plain_url, seed, args.connections, plain_cache
+                )
+                batches = min(args.batches, local.num_sequences // batch // args.rounds - 1)
                 timings: dict[str, list[float]] = {name: [] for name in readers}
+                counts: dict[str, list[dict]] = {name: [] for name in readers}
                 for r in range(args.rounds):  # alternating rounds, fresh batches each round
-                    for name, read in readers.items():
+                    for name, make in readers.items():
                         first = 1 + r * batches
-                        timings[name].append(seconds_per_batch(read, batches, batch, first))
-                entry: dict[str, object] = {}
+                        seconds, bytes_read = seconds_per_batch(make, batches, batch, first, local)
+                        timings[name].append(seconds)
+                        counts[name].append(bytes_read)
+                entry: dict[str, object] = {"batches_per_round": batches}
                 for name, seconds in timings.items():
                     median = statistics.median(seconds)
                     entry[name] = {
                         "ms_per_batch": round(median * 1e3, 1),
                         "MB_per_s": round(batch * sample_bytes / median / 1e6, 1),
                     }
+                    if counts[name][0].get("fetched"):
+                        useful = sum(c["useful"] for c in counts[name]) / len(counts[name])
+                        fetched = sum(c["fetched"] for c in counts[name]) / len(counts[name])
+                        entry[name]["useful_MB"] = round(useful / 1e6, 1)
+                        entry[name]["fetched_MB"] = round(fetched / 1e6, 1)
+                        entry[name]["fetched_vs_used"] = round(
+                            fetched / (batches * batch * sample_bytes), 2
+                        )
                 for name in ("http", "http_plain", "before"):
                     entry[f"{name}_vs_local"] = round(
                         statistics.median(a / b for a, b in zip(timings["local"], timings[name])),
@@ -137,8 +186,6 @@ def main() -> None:
                         2,
                     )
                 results[order] = entry
-                for provider in (*providers.values(), before):
-                    provider.close()
         finally:
             for server in (multi, plain):
                 server.terminate()
@@ -150,10 +197,14 @@ def main() -> None:
         "batch": batch,
         "sequence_length": length,
         "connections": args.connections,
+        "plain_cache_megabytes": plain_cache,
         "rounds": args.rounds,
         **results,
         "shuffled_http_vs_file_order_http": round(
             shuffled["http"]["MB_per_s"] / ordered["http"]["MB_per_s"], 3
+        ),
+        "shuffled_http_plain_vs_file_order_http_plain": round(
+            shuffled["http_plain"]["MB_per_s"] / ordered["http_plain"]["MB_per_s"], 3
         ),
     }
     _record.emit(report, args.save, "data_http")
