@@ -10,19 +10,20 @@ alternating rounds, times batches of ``--batch`` x ``--sequence-length`` samples
 - ``http``: the http provider against ``psyche data serve`` (coalesced, multi-range,
   concurrent, read-ahead);
 - ``http_plain``: the http provider against the plain server (one range per request, so it
-  reads the samples of many steps ahead, through the gaps between them, with
-  ``--plain-cache-megabytes`` of read-ahead; default a quarter of the data, as a 256 MiB cache
-  would be for 1 GB of data);
+  reads the samples of many steps ahead, through the gaps between them), with the default
+  256 MiB of read-ahead, which here holds the whole data set: each byte is read about once;
+- ``http_plain_quarter``: the same with read-ahead of a quarter of the data set, as the default
+  would be for 1 GB of data: each fill wants about one sample in eight;
 - ``before``: what the provider did before multi-range: one request per sample (adjacent
   samples merged), ``--connections`` at a time, against ``psyche data serve``.
 
-Shuffled (seeded) and in file order. Each round gives every reader a fresh provider and times
-``--batches`` consecutive batches plus its ``close()``: the start-up (the first batch alone,
-learning that the plain server ignores multi-range) and the read-ahead still in flight at the
-end (fetched, never used) are in the time, so the rates are below a long run's steady state.
-``useful_MB`` / ``fetched_MB`` are the bytes of the samples asked of the server and the bytes it
-sent (gaps read through, read-ahead not used). Prints one JSON object of medians (with
-``--save``, also writes benchmarks/results/data_http.json); takes a few minutes.
+Shuffled (seeded) and in file order. Every reader keeps one provider for all rounds (the steady
+state of a run); each round times ``--batches`` consecutive batches and then waits for the
+reads started ahead of them, so work done ahead is paid in the round that started it, and the
+rates are totals over all rounds (a round that starts a large read-ahead is slow, the next ones
+fast). ``fetched_MB`` is what each provider's server sent, ``fetched_vs_used`` that over the
+bytes of the batches timed (gaps read through, read-ahead past the last batch). Prints one JSON
+object (with ``--save``, also writes benchmarks/results/data_http.json); takes a few minutes.
 
     python benchmarks/data_http.py --megabytes 128 --connections 16 --save
 """
@@ -30,7 +31,6 @@ sent (gaps read through, read-ahead not used). Prints one JSON object of medians
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +40,7 @@ from pathlib import Path
 import _record
 import numpy as np
 
-from psyche_data.http import MAX_REQUEST_BYTES, HttpDataProvider, _runs
+from psyche_data.http import DEFAULT_CACHE_MEGABYTES, MAX_REQUEST_BYTES, HttpDataProvider, _runs
 from psyche_data.local import LocalDataProvider
 from psyche_data.sources import resolve_sources
 
@@ -66,45 +66,35 @@ def read_before(http: HttpDataProvider, ids) -> np.ndarray:
     return out
 
 
-def seconds_per_batch(make, batches: int, batch: int, first: int, local) -> tuple[float, dict]:
-    """Time ``batches`` consecutive batches from a fresh reader, its close() included; check
-    the last batch against the local provider; the reader's byte counts."""
-    provider, read = make()
+def time_batches(provider, read, batches: int, batch: int, first: int, local) -> float:
+    """Seconds for ``batches`` consecutive batches, and for the reads started ahead of them
+    to finish (so work done ahead is paid in the round that started it); the last batch is
+    checked against the local provider."""
     started = time.perf_counter()
     for b in range(first, first + batches):
         ids = range(b * batch, (b + 1) * batch)
         last = read(ids)
     if provider is not None:
-        provider.close()
-    seconds = (time.perf_counter() - started) / batches
+        provider.drain()
+    seconds = time.perf_counter() - started
     assert np.array_equal(last, local.read(ids))
-    counts = {}
-    if provider is not None:
-        counts = {"useful": provider.bytes_useful, "fetched": provider.bytes_fetched}
-    return seconds, counts
+    return seconds
 
 
-def make_readers(local, multi_url: str, plain_url: str, seed, connections: int, cache: float):
-    """name -> a function giving a fresh ``(provider or None, read)``."""
+def make_readers(local, multi_url: str, plain_url: str, seed, connections: int, caches):
+    """name -> ``(provider or None, read)``."""
     length = local.index.sequence_length
     options = dict(seed=seed, connections=connections, timeout=30)
     multi_files = resolve_sources(multi_url).files
     plain_files = resolve_sources(plain_url).files
-
-    def http(files=multi_files, **extra):
-        provider = HttpDataProvider(files, length, **options, **extra)
-        return provider, provider.read
-
-    def before():
-        provider = HttpDataProvider(multi_files, length, **options)
-        return provider, lambda ids: read_before(provider, ids)
-
-    return {
-        "local": lambda: (None, local.read),
-        "http": http,
-        "http_plain": lambda: http(plain_files, cache_megabytes=cache),
-        "before": before,
-    }
+    http = HttpDataProvider(multi_files, length, **options)
+    before = HttpDataProvider(multi_files, length, **options)
+    readers = {"local": (None, local.read), "http": (http, http.read)}
+    for name, cache in caches.items():
+        plain = HttpDataProvider(plain_files, length, **options, cache_megabytes=cache)
+        readers[name] = (plain, plain.read)
+    readers["before"] = (before, lambda ids: read_before(before, ids))
+    return readers
 
 
 def serve(folder: Path, *flags: str) -> tuple[subprocess.Popen, str]:
@@ -126,17 +116,14 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=32, help="batches per reader and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument(
-        "--plain-cache-megabytes",
-        type=float,
-        default=None,
-        help="read-ahead for http_plain (default: a quarter of --megabytes)",
-    )
     _record.add_save_flag(parser)
     args = parser.parse_args()
     length, batch = args.sequence_length, args.batch
     sample_bytes = 2 * length
-    plain_cache = args.plain_cache_megabytes or args.megabytes / 4
+    caches = {  # default cache: more than the whole data set here; a quarter: as for 1 GB
+        "http_plain": DEFAULT_CACHE_MEGABYTES,
+        "http_plain_quarter": args.megabytes / 4,
+    }
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="psyche-bench-") as tmp:
         folder = Path(tmp)
@@ -148,43 +135,39 @@ def main() -> None:
         try:
             for order, seed in (("shuffled", 0), ("file_order", None)):
                 local = LocalDataProvider(folder, length, seed=seed)
-                readers = make_readers(
-                    local, multi_url, plain_url, seed, args.connections, plain_cache
-                )
+                readers = make_readers(local, multi_url, plain_url, seed, args.connections, caches)
                 batches = min(args.batches, local.num_sequences // batch // args.rounds - 1)
                 timings: dict[str, list[float]] = {name: [] for name in readers}
-                counts: dict[str, list[dict]] = {name: [] for name in readers}
                 for r in range(args.rounds):  # alternating rounds, fresh batches each round
-                    for name, make in readers.items():
+                    for name, (provider, read) in readers.items():
                         first = 1 + r * batches
-                        seconds, bytes_read = seconds_per_batch(make, batches, batch, first, local)
-                        timings[name].append(seconds)
-                        counts[name].append(bytes_read)
-                entry: dict[str, object] = {"batches_per_round": batches}
-                for name, seconds in timings.items():
-                    median = statistics.median(seconds)
-                    entry[name] = {
-                        "ms_per_batch": round(median * 1e3, 1),
-                        "MB_per_s": round(batch * sample_bytes / median / 1e6, 1),
-                    }
-                    if counts[name][0].get("fetched"):
-                        useful = sum(c["useful"] for c in counts[name]) / len(counts[name])
-                        fetched = sum(c["fetched"] for c in counts[name]) / len(counts[name])
-                        entry[name]["useful_MB"] = round(useful / 1e6, 1)
-                        entry[name]["fetched_MB"] = round(fetched / 1e6, 1)
-                        entry[name]["fetched_vs_used"] = round(
-                            fetched / (batches * batch * sample_bytes), 2
+                        timings[name].append(
+                            time_batches(provider, read, batches, batch, first, local)
                         )
-                for name in ("http", "http_plain", "before"):
-                    entry[f"{name}_vs_local"] = round(
-                        statistics.median(a / b for a, b in zip(timings["local"], timings[name])),
-                        3,
-                    )
-                for name in ("http", "http_plain"):
-                    entry[f"{name}_vs_before"] = round(
-                        statistics.median(a / b for a, b in zip(timings["before"], timings[name])),
-                        2,
-                    )
+                used = args.rounds * batches * batch * sample_bytes
+                entry: dict[str, object] = {"batches": args.rounds * batches}
+                for name, seconds in timings.items():
+                    total = sum(seconds)
+                    entry[name] = {
+                        "ms_per_batch": round(total / (args.rounds * batches) * 1e3, 1),
+                        "MB_per_s": round(used / total / 1e6, 1),
+                        "round_seconds": [round(x, 2) for x in seconds],
+                    }
+                    provider = readers[name][0]
+                    if provider is not None:
+                        provider.close()
+                        entry[name]["fetched_MB"] = round(provider.bytes_fetched / 1e6, 1)
+                        entry[name]["fetched_vs_used"] = round(provider.bytes_fetched / used, 2)
+                for name in readers:
+                    if name != "local":
+                        entry[f"{name}_vs_local"] = round(
+                            sum(timings["local"]) / sum(timings[name]), 3
+                        )
+                for name in readers:
+                    if name not in ("local", "before"):
+                        entry[f"{name}_vs_before"] = round(
+                            sum(timings["before"]) / sum(timings[name]), 2
+                        )
                 results[order] = entry
         finally:
             for server in (multi, plain):
@@ -197,14 +180,11 @@ def main() -> None:
         "batch": batch,
         "sequence_length": length,
         "connections": args.connections,
-        "plain_cache_megabytes": plain_cache,
+        "plain_cache_megabytes": caches,
         "rounds": args.rounds,
         **results,
         "shuffled_http_vs_file_order_http": round(
             shuffled["http"]["MB_per_s"] / ordered["http"]["MB_per_s"], 3
-        ),
-        "shuffled_http_plain_vs_file_order_http_plain": round(
-            shuffled["http_plain"]["MB_per_s"] / ordered["http_plain"]["MB_per_s"], 3
         ),
     }
     _record.emit(report, args.save, "data_http")
