@@ -9,12 +9,21 @@ alternating rounds, times batches of ``--batch`` x ``--sequence-length`` samples
 - ``local``: the local provider (memory-mapped, page cache warm);
 - ``http``: the http provider against ``psyche data serve`` (coalesced, multi-range,
   concurrent, read-ahead);
-- ``http_plain``: the http provider against the plain server (one range per request);
+- ``http_plain``: the http provider against the plain server (one range per request, so it
+  reads the samples of many steps ahead, through the gaps between them), with the default
+  256 MiB of read-ahead, which here holds the whole data set: each byte is read about once;
+- ``http_plain_quarter``: the same with read-ahead of a quarter of the data set, as the default
+  would be for 1 GB of data: each fill wants about one sample in eight;
 - ``before``: what the provider did before multi-range: one request per sample (adjacent
   samples merged), ``--connections`` at a time, against ``psyche data serve``.
 
-Shuffled (seeded) and in file order. Prints one JSON object of medians (with ``--save``, also
-writes benchmarks/results/data_http.json); takes a few minutes.
+Shuffled (seeded) and in file order. Every reader keeps one provider for all rounds (the steady
+state of a run); each round times ``--batches`` consecutive batches and then waits for the
+reads started ahead of them, so work done ahead is paid in the round that started it, and the
+rates are totals over all rounds (a round that starts a large read-ahead is slow, the next ones
+fast). ``fetched_MB`` is what each provider's server sent, ``fetched_vs_used`` that over the
+bytes of the batches timed (gaps read through, read-ahead past the last batch). Prints one JSON
+object (with ``--save``, also writes benchmarks/results/data_http.json); takes a few minutes.
 
     python benchmarks/data_http.py --megabytes 128 --connections 16 --save
 """
@@ -22,7 +31,6 @@ writes benchmarks/results/data_http.json); takes a few minutes.
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +40,7 @@ from pathlib import Path
 import _record
 import numpy as np
 
-from psyche_data.http import MAX_REQUEST_BYTES, HttpDataProvider, _runs
+from psyche_data.http import DEFAULT_CACHE_MEGABYTES, MAX_REQUEST_BYTES, HttpDataProvider, _runs
 from psyche_data.local import LocalDataProvider
 from psyche_data.sources import resolve_sources
 
@@ -53,14 +61,40 @@ def read_before(http: HttpDataProvider, ids) -> np.ndarray:
     calls = [(http.urls[f], offset * 2, count * length * 2) for f, offset, count, _ in runs]
     for (_, _, count, rows), data in zip(runs, http.client.map(http.client.read, calls)):
         out[rows] = np.frombuffer(data, dtype="<u2").reshape(count, length)
+    http.bytes_useful += out.nbytes // 2
+    http.bytes_fetched += out.nbytes // 2
     return out
 
 
-def seconds_per_batch(read, batches: int, batch: int, first: int) -> float:
+def time_batches(provider, read, batches: int, batch: int, first: int, local) -> float:
+    """Seconds for ``batches`` consecutive batches, and for the reads started ahead of them
+    to finish (so work done ahead is paid in the round that started it); the last batch is
+    checked against the local provider."""
     started = time.perf_counter()
     for b in range(first, first + batches):
-        read(range(b * batch, (b + 1) * batch))
-    return (time.perf_counter() - started) / batches
+        ids = range(b * batch, (b + 1) * batch)
+        last = read(ids)
+    if provider is not None:
+        provider.drain()
+    seconds = time.perf_counter() - started
+    assert np.array_equal(last, local.read(ids))
+    return seconds
+
+
+def make_readers(local, multi_url: str, plain_url: str, seed, connections: int, caches):
+    """name -> ``(provider or None, read)``."""
+    length = local.index.sequence_length
+    options = dict(seed=seed, connections=connections, timeout=30)
+    multi_files = resolve_sources(multi_url).files
+    plain_files = resolve_sources(plain_url).files
+    http = HttpDataProvider(multi_files, length, **options)
+    before = HttpDataProvider(multi_files, length, **options)
+    readers = {"local": (None, local.read), "http": (http, http.read)}
+    for name, cache in caches.items():
+        plain = HttpDataProvider(plain_files, length, **options, cache_megabytes=cache)
+        readers[name] = (plain, plain.read)
+    readers["before"] = (before, lambda ids: read_before(before, ids))
+    return readers
 
 
 def serve(folder: Path, *flags: str) -> tuple[subprocess.Popen, str]:
@@ -79,13 +113,17 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=128)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--sequence-length", type=int, default=2048)
-    parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--batches", type=int, default=32, help="batches per reader and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
     _record.add_save_flag(parser)
     args = parser.parse_args()
     length, batch = args.sequence_length, args.batch
     sample_bytes = 2 * length
+    caches = {  # default cache: more than the whole data set here; a quarter: as for 1 GB
+        "http_plain": DEFAULT_CACHE_MEGABYTES,
+        "http_plain_quarter": args.megabytes / 4,
+    }
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="psyche-bench-") as tmp:
         folder = Path(tmp)
@@ -97,48 +135,40 @@ def main() -> None:
         try:
             for order, seed in (("shuffled", 0), ("file_order", None)):
                 local = LocalDataProvider(folder, length, seed=seed)
-                options = dict(seed=seed, connections=args.connections, timeout=30)
-                providers = {
-                    "http": HttpDataProvider(resolve_sources(multi_url).files, length, **options),
-                    "http_plain": HttpDataProvider(
-                        resolve_sources(plain_url).files, length, **options
-                    ),
-                }
-                before = HttpDataProvider(resolve_sources(multi_url).files, length, **options)
-                readers = {
-                    "local": local.read,
-                    **{k: p.read for k, p in providers.items()},
-                    "before": lambda ids, b=before: read_before(b, ids),
-                }
-                for name, read in readers.items():  # same samples everywhere
-                    assert np.array_equal(read(range(batch)), local.read(range(batch))), name
-                per_round = local.num_sequences // batch // args.rounds
-                batches = min(args.batches, per_round)
+                readers = make_readers(local, multi_url, plain_url, seed, args.connections, caches)
+                batches = min(args.batches, local.num_sequences // batch // args.rounds - 1)
                 timings: dict[str, list[float]] = {name: [] for name in readers}
                 for r in range(args.rounds):  # alternating rounds, fresh batches each round
-                    for name, read in readers.items():
+                    for name, (provider, read) in readers.items():
                         first = 1 + r * batches
-                        timings[name].append(seconds_per_batch(read, batches, batch, first))
-                entry: dict[str, object] = {}
+                        timings[name].append(
+                            time_batches(provider, read, batches, batch, first, local)
+                        )
+                used = args.rounds * batches * batch * sample_bytes
+                entry: dict[str, object] = {"batches": args.rounds * batches}
                 for name, seconds in timings.items():
-                    median = statistics.median(seconds)
+                    total = sum(seconds)
                     entry[name] = {
-                        "ms_per_batch": round(median * 1e3, 1),
-                        "MB_per_s": round(batch * sample_bytes / median / 1e6, 1),
+                        "ms_per_batch": round(total / (args.rounds * batches) * 1e3, 1),
+                        "MB_per_s": round(used / total / 1e6, 1),
+                        "round_seconds": [round(x, 2) for x in seconds],
                     }
-                for name in ("http", "http_plain", "before"):
-                    entry[f"{name}_vs_local"] = round(
-                        statistics.median(a / b for a, b in zip(timings["local"], timings[name])),
-                        3,
-                    )
-                for name in ("http", "http_plain"):
-                    entry[f"{name}_vs_before"] = round(
-                        statistics.median(a / b for a, b in zip(timings["before"], timings[name])),
-                        2,
-                    )
+                    provider = readers[name][0]
+                    if provider is not None:
+                        provider.close()
+                        entry[name]["fetched_MB"] = round(provider.bytes_fetched / 1e6, 1)
+                        entry[name]["fetched_vs_used"] = round(provider.bytes_fetched / used, 2)
+                for name in readers:
+                    if name != "local":
+                        entry[f"{name}_vs_local"] = round(
+                            sum(timings["local"]) / sum(timings[name]), 3
+                        )
+                for name in readers:
+                    if name not in ("local", "before"):
+                        entry[f"{name}_vs_before"] = round(
+                            sum(timings["before"]) / sum(timings[name]), 2
+                        )
                 results[order] = entry
-                for provider in (*providers.values(), before):
-                    provider.close()
         finally:
             for server in (multi, plain):
                 server.terminate()
@@ -150,6 +180,7 @@ def main() -> None:
         "batch": batch,
         "sequence_length": length,
         "connections": args.connections,
+        "plain_cache_megabytes": caches,
         "rounds": args.rounds,
         **results,
         "shuffled_http_vs_file_order_http": round(

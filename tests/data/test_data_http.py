@@ -316,3 +316,110 @@ def test_the_next_batch_is_read_ahead(token_folder):
     needed = {"bytes=0-799", "bytes=1600-2399", "bytes=3200-3999"}
     assert needed <= set(sent) <= needed | {"bytes=800-1599", "bytes=4800-5599"}
     assert len(sent) == len(set(sent))
+
+
+# -- servers without multi-range: many steps per request, read through the gaps -----------------
+
+PLAIN = np.arange(64 * 50, dtype="<u2").tobytes()  # 64 sequences of 50 tokens (100 bytes each)
+
+
+def plain_provider(fake, **kwargs) -> HttpDataProvider:
+    files = [RemoteFile(f"{fake.url}/p.ds", len(PLAIN))]
+    return HttpDataProvider(files, 50, **{**FAST, "seed": 3, **kwargs})
+
+
+def expected(ids, seed=3):
+    order = LocalDataProvider.__new__(LocalDataProvider)  # only its index, for the ids
+    from psyche_data.index import SequenceIndex
+
+    order.index = SequenceIndex(["p.ds"], [len(PLAIN)], 2, 50, seed)
+    offsets = order.index.locate(ids).token_offset
+    return np.stack([np.arange(o, o + 50) for o in offsets])
+
+
+def test_read_through_merges_close_ranges_up_to_the_request_limit(monkeypatch):
+    from psyche_data import http as module
+
+    monkeypatch.setattr(module, "HOLE_BYTES", 100)
+    monkeypatch.setattr(module, "MAX_REQUEST_BYTES", 1000)
+    rows = [slice(i, i + 1) for i in range(5)]
+    ranges = [(0, 100, rows[0]), (150, 100, rows[1]), (400, 100, rows[2]), (600, 300, rows[3])]
+    ranges.append((950, 600, rows[4]))  # close enough, but 400-1549 is over the limit
+    merged = module._read_through(ranges)
+    assert [(start, length) for start, length, _ in merged] == [(0, 250), (400, 500), (950, 600)]
+    assert merged[0][2] == [(rows[0], 0, 100), (rows[1], 150, 100)]
+    assert merged[1][2] == [(rows[2], 0, 100), (rows[3], 200, 300)]
+
+
+def test_plain_server_is_learned_once_and_its_whole_file_is_not_read():
+    with FaultyServer({"p.ds": PLAIN}) as fake, plain_provider(fake) as http:
+        ids = [5, 40, 17, 2]
+        assert np.array_equal(http.read(ids), expected(ids))
+        sent = ranged_requests(fake)
+        assert "," in sent[0]  # asked for several ranges, got the whole file: dropped unread
+        assert all("," not in r for r in sent[1:])
+        # the whole file is 6400 bytes; what was kept is only the ranges asked for
+        assert http.bytes_useful == 4 * 100 <= http.bytes_fetched < len(PLAIN)
+
+
+def test_plain_server_steps_ahead_share_requests(monkeypatch):
+    """Once the stride of the calls is known (here a peer's share of each step), the samples
+    of the calls ahead are read at once, in a few ranges through the gaps between them; those
+    calls then take their samples without a request."""
+    from psyche_data import http as module
+
+    monkeypatch.setattr(module, "HOLE_BYTES", 300)  # read through gaps of up to 3 samples
+    with FaultyServer({"p.ds": PLAIN}) as fake, plain_provider(fake) as http:
+        sent = []
+        for step in range(10):  # the first of two peers: 3 samples per step of 6
+            ids = range(step * 6, step * 6 + 3)
+            assert np.array_equal(http.read(ids), expected(ids))
+            sent.append(len(fake.requests))
+        # calls 3-10 (24 samples) came in one read-ahead, of at most 8 ranges, during call 3
+        assert sent[2] - sent[1] <= 8 and sent[2:] == [sent[2]] * 8, fake.requests
+        assert all("," not in r for r in ranged_requests(fake, 1))
+        assert http.bytes_fetched > http.bytes_useful  # gaps were read through
+        assert set(http._store) <= {60, 61, 62}  # taken, but for the next call
+
+
+def test_plain_server_read_ahead_is_bounded_by_the_cache():
+    cache = 6 * 100 / (1 << 20)  # six samples
+    with FaultyServer({"p.ds": PLAIN}) as fake, plain_provider(fake, cache_megabytes=cache) as http:
+        sizes = []
+        for step in range(20):
+            ids = range(step * 2, step * 2 + 2)
+            assert np.array_equal(http.read(ids), expected(ids))
+            with http._lock:
+                sizes.append(len(http._store) + len(http._pending))
+        assert max(sizes) <= 6
+        assert len(ranged_requests(fake)) > 4  # read ahead a few calls at a time
+
+
+def test_a_failed_read_ahead_is_fetched_again_by_its_call():
+    import threading
+
+    with FaultyServer({"p.ds": PLAIN}) as fake, plain_provider(fake) as http:
+        fetch, failed = http._fetch, []
+
+        def fail_once_ahead(ids):
+            if threading.current_thread().name.startswith("psyche-http-ahead") and not failed:
+                failed.append(list(ids))
+                raise PsycheError("the read-ahead failed")
+            return fetch(ids)
+
+        http._fetch = fail_once_ahead
+        for step in range(8):
+            ids = range(step * 4, step * 4 + 4)
+            assert np.array_equal(http.read(ids), expected(ids))
+        assert failed
+
+
+def test_plain_server_persistent_failure_is_one_clear_error():
+    cache = 8 * 100 / (1 << 20)  # two calls ahead: later calls need requests of their own
+    with FaultyServer({"p.ds": PLAIN}) as fake, plain_provider(fake, cache_megabytes=cache) as http:
+        for step in range(3):
+            http.read(range(step * 4, step * 4 + 4))
+        fake.default = "500"
+        with pytest.raises(PsycheError, match=r"p\.ds bytes \d+-\d+: HTTP 500 .*gave up after 3"):
+            for step in range(3, 16):
+                http.read(range(step * 4, step * 4 + 4))

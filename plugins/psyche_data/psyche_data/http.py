@@ -9,11 +9,25 @@ same files and seed give the same samples. A batch's samples are fetched togethe
 3. the requests run concurrently on kept-alive connections;
 4. while the caller works on a batch, the next one (guessed from the stride between the last
    two calls) is already being fetched.
+
+A server that answers a multi-range request with the whole file (a plain static server, a CDN)
+is noticed on its first such answer, whose body is dropped unread, and remembered per origin.
+One request per sample costs it about a millisecond of CPU on each side, so for such origins
+the provider moves more bytes per request instead:
+
+5. the samples of the coming calls (the same stride again, up to ``cache_megabytes`` of
+   samples) are fetched together in the background, half a window at a time, so that samples
+   of many steps share requests;
+6. wanted bytes closer than ``HOLE_BYTES`` apart in a file are read as one range (the bytes in
+   between are read and dropped), up to ``MAX_REQUEST_BYTES`` per request;
+7. only the wanted samples are kept, until their call comes (``bytes_useful`` and
+   ``bytes_fetched`` count what was wanted and what crossed the network).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,12 +37,29 @@ import numpy as np
 
 from psyche_core.errors import PsycheError
 from psyche_data.fetch import RangeClient
-from psyche_data.index import ArrayDataProvider, SequenceIndex, sample_dtype, token_dtype
+from psyche_data.index import (
+    ArrayDataProvider,
+    SequenceIndex,
+    sample_dtype,
+    sample_ids,
+    token_dtype,
+)
 from psyche_data.sources import RemoteFile, resolve_sources
+
+logger = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 8 << 20  # most bytes asked for in one request
 MAX_RANGES = 256  # most ranges in one multi-range request (servers cap header sizes)
 MIN_RANGES = 128  # fewer per request: more requests cost more CPU than they overlap
+# Servers without multi-range: read through a gap this small rather than send another request.
+# A request costs about as much time as moving this many bytes (loopback and a Python server:
+# ~1 ms against ~0.5 GB/s; a CDN: tens of ms of latency, spread over the concurrent connections).
+HOLE_BYTES = 512 << 10
+# Large answers in flight at once: on a few cores more streams only fight over the GIL (16
+# streams of 8 MiB moved a fill 2-6x slower than 4 on the benchmark's 2 cores).
+BULK_STREAMS = 4
+BULK_BYTES = 1 << 20  # an answer this large takes one of the BULK_STREAMS
+DEFAULT_CACHE_MEGABYTES = 256
 
 
 class HttpDataProvider(ArrayDataProvider):
@@ -39,6 +70,8 @@ class HttpDataProvider(ArrayDataProvider):
         sequence_length, token_size, seed: as for the local provider.
         connections, timeout, retries, backoff: see :class:`~psyche_data.fetch.RangeClient`.
         headers: extra headers for every request (e.g. ``Authorization``).
+        cache_megabytes: memory for samples read ahead of their call from servers without
+            multi-range support (more reads further ahead, so more samples share a request).
     """
 
     def __init__(
@@ -54,10 +87,13 @@ class HttpDataProvider(ArrayDataProvider):
         backoff: float = 0.25,
         headers: dict[str, str] | None = None,
         description: str | None = None,
+        cache_megabytes: float = DEFAULT_CACHE_MEGABYTES,
     ) -> None:
         self.dtype = token_dtype(token_size)
         if not files:
             raise PsycheError("the http data provider got no URLs")
+        if cache_megabytes < 0:
+            raise PsycheError(f"HTTP cache must be 0 MiB or more, got {cache_megabytes}")
         self.client = RangeClient(connections, timeout, retries, backoff, headers)
         try:
             unknown = [i for i, f in enumerate(files) if f.size is None]
@@ -78,6 +114,16 @@ class HttpDataProvider(ArrayDataProvider):
         self._ahead: tuple[tuple[int, int], Future] | None = None
         self._ahead_lock = threading.Lock()
         self._last_start: int | None = None
+        # servers without multi-range: samples read ahead, by id, until their call takes them
+        self.cache_bytes = int(cache_megabytes * (1 << 20))
+        self._sample_bytes = sequence_length * self.dtype.itemsize
+        self._store: dict[int, np.ndarray] = {}
+        self._pending: dict[int, Future] = {}
+        self._window: tuple[int, int, int] | None = None  # (size, stride, next start to fetch)
+        self._lock = threading.Lock()
+        self._bulk = threading.Semaphore(BULK_STREAMS)
+        self.bytes_useful = 0  # bytes of the samples asked of the server
+        self.bytes_fetched = 0  # bytes the server sent for them (ranges read through holes)
 
     @property
     def num_sequences(self) -> int:
@@ -87,6 +133,7 @@ class HttpDataProvider(ArrayDataProvider):
         """The samples at ``ids`` as one ``(len(ids), sequence_length)`` array (int32 for 2-byte
         tokens, int64 for 4-byte ones)."""
         key = (ids.start, ids.stop) if isinstance(ids, range) and ids.step == 1 else None
+        stride = None if key is None else self._stride(key[0])
         future = None
         with self._ahead_lock:
             if self._ahead is not None and key is not None and self._ahead[0] == key:
@@ -97,16 +144,27 @@ class HttpDataProvider(ArrayDataProvider):
             with contextlib.suppress(Exception):  # read it again below, and let that raise
                 batch = future.result()
         if batch is None:
-            batch = self._fetch(ids)
+            batch = self._read_windowed(ids) if self._windowed() else self._fetch(ids)
         if key is not None:  # fetched while the caller works on this batch
-            self._read_ahead(key)
+            if self._windowed() and stride is not None:
+                self._read_window_ahead(key[0], key[1] - key[0], stride)
+            else:  # (a window on a guessed stride could read a cache full of wrong samples)
+                self._read_ahead(key, key[1] - key[0] if stride is None else stride)
         return batch
 
-    def _read_ahead(self, key: tuple[int, int]) -> None:
+    def _windowed(self) -> bool:
+        """Whether some server answers one range per request (read many calls ahead)."""
+        return any(known is False for known in self._multi_range.values())
+
+    def _stride(self, start: int) -> int | None:
+        """How far apart the calls are (None until there have been two)."""
+        stride = None if self._last_start is None else start - self._last_start
+        self._last_start = start
+        return stride
+
+    def _read_ahead(self, key: tuple[int, int], stride: int) -> None:
         """Start fetching the batch that probably comes next (same size, same stride)."""
         start, stop = key
-        stride = stop - start if self._last_start is None else start - self._last_start
-        self._last_start = start
         if stride <= 0 or stop - start <= 0 or start + stride + (stop - start) > self.num_sequences:
             return
         following = (start + stride, stop + stride)
@@ -118,6 +176,85 @@ class HttpDataProvider(ArrayDataProvider):
             future = self._ahead_pool.submit(self._fetch, range(*following))
             self._ahead = (following, future)
 
+    # -- servers without multi-range: many calls' samples per request --------------------------
+
+    def _read_windowed(self, ids: Sequence[int]) -> np.ndarray:
+        """The samples at ``ids``: those read ahead from the store (waiting for them if they
+        are on their way), the rest fetched now."""
+        array = sample_ids(ids, self.num_sequences).tolist()
+        rows: dict[int, np.ndarray] = {}
+        waiting: dict[int, Future] = {}
+        with self._lock:
+            for i in array:
+                if i in self._store:
+                    rows[i] = self._store.pop(i)
+                elif i in self._pending:
+                    waiting[i] = self._pending[i]
+        for i, future in waiting.items():
+            with contextlib.suppress(Exception):  # fetched again below, and that raises
+                future.result()
+            with self._lock:
+                row = self._store.pop(i, None)
+            if row is not None:
+                rows[i] = row
+        missing = sorted({i for i in array if i not in rows})
+        if missing:
+            for i, row in zip(missing, self._fetch(missing)):
+                rows[i] = row
+        out = np.empty((len(array), self.index.sequence_length), sample_dtype(self.dtype.itemsize))
+        for n, i in enumerate(array):
+            out[n] = rows[i]
+        return out
+
+    def _read_window_ahead(self, start: int, size: int, stride: int) -> None:
+        """Fetch the samples of the calls after this one (same size, same stride) in the
+        background: as many calls as ``cache_megabytes`` holds, half of them at a time once
+        half have been taken, so each fetch spans many steps and fills its requests."""
+        if size <= 0 or stride <= 0:
+            return
+        capacity = max(2 * size, self.cache_bytes // self._sample_bytes)  # samples
+        calls = max(2, capacity // size)  # calls held ahead
+        with self._lock:
+            window = self._window
+            if (
+                window is None
+                or window[:2] != (size, stride)
+                or not start < window[2] <= start + stride * (calls + 1)
+                or (window[2] - start) % stride
+            ):
+                window = (size, stride, start + stride)  # a new pattern: start over
+            fetch_from = window[2]
+            if fetch_from - start > stride * (calls // 2):
+                self._window = window
+                return  # more than half a window is on its way already
+            ids: list[int] = []
+            at = fetch_from
+            while at <= start + stride * calls and at + size <= self.num_sequences:
+                ids.extend(i for i in range(at, at + size) if i not in self._store)
+                at += stride
+            self._window = (size, stride, at)
+            ids = [i for i in dict.fromkeys(ids) if i not in self._pending]
+            if not ids:
+                return
+            future = self._ahead_pool.submit(self._fill, ids, capacity)
+            for i in ids:
+                self._pending[i] = future
+
+    def _fill(self, ids: list[int], capacity: int) -> None:
+        try:
+            data = self._fetch(ids)
+            with self._lock:
+                for i, row in zip(ids, data):
+                    self._store[i] = row
+                while len(self._store) > capacity:  # guessed wrong: drop the oldest
+                    del self._store[next(iter(self._store))]
+        finally:
+            with self._lock:
+                for i in ids:
+                    self._pending.pop(i, None)
+
+    # -- fetching --------------------------------------------------------------------------------
+
     def _fetch(self, ids: Sequence[int]) -> np.ndarray:
         where = self.index.locate(ids)
         length = self.index.sequence_length
@@ -128,37 +265,61 @@ class HttpDataProvider(ArrayDataProvider):
         out = np.empty((len(unique), length), dtype=sample_dtype(self.index.token_size))
         size = self.dtype.itemsize
         runs = _runs(unique[:, 0], unique[:, 1], length, MAX_REQUEST_BYTES // size)
-        # [(file, [(byte start, byte length, rows)...])]: the ranges each request asks for
-        requests = self._plan(runs, length * size)
-        calls = [(self.urls[f], [(s, n) for s, n, _ in r]) for f, r in requests]
-        answers = self.client.map(self._request, calls)
-        retry = []
-        for (file, ranges), answer in zip(requests, answers):
-            if answer is None:  # no multi-range support after all: one request per range
-                retry.extend((file, part) for part in ranges)
-                continue
-            for (_, _, rows), data in zip(ranges, answer):
-                out[rows] = np.frombuffer(data, dtype=self.dtype).reshape(-1, length)
-        if retry:
-            calls = [(self.urls[f], s, n) for f, (s, n, _) in retry]
-            for (_, (_, _, rows)), data in zip(retry, self.client.map(self.client.read, calls)):
-                out[rows] = np.frombuffer(data, dtype=self.dtype).reshape(-1, length)
+        sample_bytes = length * size
+
+        def request(file: int, ranges: list[tuple[int, int, list[tuple[slice, int, int]]]]):
+            """Fetch one request's ranges into ``out`` (so at most ``connections`` answers are
+            held at once); the runs to ask for again when the server answered the whole file."""
+            wanted = [(s, n) for s, n, _ in ranges]
+            bulk = sum(n for _, n in wanted) >= BULK_BYTES
+            with self._bulk if bulk else contextlib.nullcontext():
+                answer = self._request(self.urls[file], wanted)
+            if answer is None:  # no multi-range support after all
+                return [
+                    (file, start // size, rows.stop - rows.start, rows)
+                    for start, _, pieces in ranges
+                    for rows, _, _ in pieces
+                ]
+            for (_, _, pieces), data in zip(ranges, answer):
+                for rows, at, n in pieces:
+                    out[rows] = np.frombuffer(data[at : at + n], self.dtype).reshape(-1, length)
+            return []
+
+        for _ in range(2):  # once more if a server turned out to answer one range per request
+            runs = [
+                run
+                for redo in self.client.map(request, self._plan(runs, sample_bytes))
+                for run in redo
+            ]
+            if not runs:
+                break
+        with self._lock:
+            self.bytes_useful += len(unique) * sample_bytes
         return out[inverse.reshape(-1)]
 
     def _request(self, url: str, ranges: list[tuple[int, int]]) -> list[memoryview] | None:
         if len(ranges) == 1:
-            return [memoryview(self.client.read(url, *ranges[0]))]
-        answer = self.client.read_ranges(url, ranges)
+            answer = [memoryview(self.client.read(url, *ranges[0]))]
+        else:
+            answer = self.client.read_ranges(url, ranges)
         if answer is None:
             self._multi_range[_origin(url)] = False
+        else:
+            with self._lock:
+                self.bytes_fetched += sum(n for _, n in ranges)
         return answer
 
-    def _plan(self, runs, sample_bytes: int) -> list[tuple[int, list[tuple[int, int, slice]]]]:
-        """Group the runs of each file into requests of ``MIN_RANGES`` to ``MAX_RANGES`` ranges
-        (at most ``MAX_REQUEST_BYTES``) where the server may answer several, else one each.
+    def _plan(
+        self, runs, sample_bytes: int
+    ) -> list[tuple[int, list[tuple[int, int, list[tuple[slice, int, int]]]]]]:
+        """The requests for ``runs``: ``(file, [(byte start, byte length, [(rows, offset in the
+        range, bytes)...])...])``.
 
-        More, smaller requests would keep more connections busy, but on loopback and a few
-        cores each request costs more CPU than its overlap saves (benchmarks/data_http.py)."""
+        Where the server may answer several ranges, a file's runs go ``MIN_RANGES`` to
+        ``MAX_RANGES`` per request (at most ``MAX_REQUEST_BYTES``): more, smaller requests would
+        keep more connections busy, but on loopback and a few cores each request costs more CPU
+        than its overlap saves (benchmarks/data_http.py). Where it answers one range per request,
+        runs closer than ``HOLE_BYTES`` become one range, read through the gap."""
         by_file: dict[int, list[tuple[int, int, slice]]] = {}
         for file, offset, count, rows in runs:
             start = offset * self.dtype.itemsize
@@ -167,16 +328,16 @@ class HttpDataProvider(ArrayDataProvider):
         per_request = min(MAX_RANGES, max(MIN_RANGES, -(-len(runs) // self.connections)))
         for file, ranges in by_file.items():
             if self._multi_range.get(_origin(self.urls[file])) is False:
-                requests.extend((file, [r]) for r in ranges)
+                requests.extend((file, [merged]) for merged in _read_through(ranges))
                 continue
-            group: list[tuple[int, int, slice]] = []
+            group: list[tuple[int, int, list[tuple[slice, int, int]]]] = []
             size = 0
-            for part in ranges:
-                if group and (len(group) >= per_request or size + part[1] > MAX_REQUEST_BYTES):
+            for start, length, rows in ranges:
+                if group and (len(group) >= per_request or size + length > MAX_REQUEST_BYTES):
                     requests.append((file, group))
                     group, size = [], 0
-                group.append(part)
-                size += part[1]
+                group.append((start, length, [(rows, 0, length)]))
+                size += length
             requests.append((file, group))
         return requests
 
@@ -188,14 +349,55 @@ class HttpDataProvider(ArrayDataProvider):
             + ("" if index.seed is None else f", shuffled with seed {index.seed}")
         )
 
+    def drain(self) -> None:
+        """Wait until the reads started ahead of their calls have finished (benchmarks count
+        their time)."""
+        with self._lock:
+            futures = set(self._pending.values())
+            if self._ahead is not None:
+                futures.add(self._ahead[1])
+        for future in futures:
+            with contextlib.suppress(Exception):  # its call fetches again, and raises
+                future.result()
+
     def close(self) -> None:
         self._ahead_pool.shutdown(wait=True, cancel_futures=True)
         self.client.close()
+        self._store.clear()
+        if self.bytes_fetched > self.bytes_useful > 0:
+            logger.info(
+                "http data: fetched %.1f MB for %.1f MB of samples (%.1fx, reading through gaps "
+                "of servers without multi-range)",
+                self.bytes_fetched / 1e6,
+                self.bytes_useful / 1e6,
+                self.bytes_fetched / self.bytes_useful,
+            )
 
 
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def _read_through(
+    ranges: list[tuple[int, int, slice]],
+) -> list[tuple[int, int, list[tuple[slice, int, int]]]]:
+    """``(byte start, byte length, rows)`` of one file, in byte order, merged into ranges of at
+    most ``MAX_REQUEST_BYTES`` wherever the gap is at most ``HOLE_BYTES``."""
+    merged: list[tuple[int, int, list[tuple[slice, int, int]]]] = []
+    first = end = 0
+    pieces: list[tuple[slice, int, int]] = []
+    for start, length, rows in ranges:
+        if pieces and (start - end > HOLE_BYTES or start + length - first > MAX_REQUEST_BYTES):
+            merged.append((first, end - first, pieces))
+            pieces = []
+        if not pieces:
+            first = start
+        pieces.append((rows, start - first, length))
+        end = start + length
+    if pieces:
+        merged.append((first, end - first, pieces))
+    return merged
 
 
 def _runs(
@@ -237,4 +439,5 @@ def build_http(options, providers=None) -> HttpDataProvider:
         retries=options.data_http_retries,
         headers=sources.headers,
         description=sources.description,
+        cache_megabytes=options.data_http_cache_megabytes,
     )

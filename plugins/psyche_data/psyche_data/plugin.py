@@ -31,6 +31,13 @@ HTTP_OPTIONS = (
         "HTTP data: retries (exponential backoff) after a timeout, 5xx, dropped connection "
         "or short read.",
     ),
+    OptionSpec(
+        "data-http-cache-megabytes",
+        float,
+        256.0,
+        "HTTP data: MiB of samples read ahead of their step from a server without multi-range "
+        "support (a plain static server, a CDN), so that many steps' samples share a request.",
+    ),
 )
 WEIGHTED_OPTION = OptionSpec(
     "weighted",
