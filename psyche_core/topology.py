@@ -62,9 +62,6 @@ class Topology:
         """Peers only (no replicas, no tensor parallelism): ``comm`` is both world and link."""
         return cls(Layout(peers=comm.world_size), comm.rank, comm, comm, _alone())
 
-    def close(self) -> None:
-        self.world.close()
-
 
 def _alone() -> Communicator:
     return LocalGroup(1).communicator(0)
