@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from torch import nn
 from psyche_core.errors import PsycheError
 
 
+@functools.cache
 def _dtensor_class() -> type | None:
     try:
         from torch.distributed.tensor import DTensor
