@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -59,31 +60,28 @@ class AdamW(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """torch's AdamW state with every moment tensor whole (gathered from the shards of a
         tensor-parallel or FSDP run), so a checkpoint resumes on any layout."""
-        state = self.torch_optimizer.state_dict()
-        if self.shards:
-            # torch's state dict shares the per-parameter dicts with the live optimizer: build
-            # new ones rather than write gathered tensors into the optimizer's own state
-            state = {**state, "state": dict(state["state"])}
-            for index, (name, _) in enumerate(self.named_params):
-                moments = state["state"].get(index)
-                if moments is not None:
-                    state["state"][index] = {
-                        key: value if key == "step" else self.full_state(name, value)
-                        for key, value in moments.items()
-                    }
-        return state
+        return self._map_moments(self.torch_optimizer.state_dict(), self.full_state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.shards:
-            state = {**state, "state": dict(state["state"])}
-            for index, (name, _) in enumerate(self.named_params):
-                moments = state["state"].get(index)
-                if moments is not None:
-                    state["state"][index] = {
-                        key: value if key == "step" else self.local_state(name, value)
-                        for key, value in moments.items()
-                    }
-        self.torch_optimizer.load_state_dict(state)
+        self.torch_optimizer.load_state_dict(self._map_moments(state, self.local_state))
+
+    def _map_moments(
+        self, state: dict[str, Any], convert: Callable[[str, torch.Tensor], torch.Tensor]
+    ) -> dict[str, Any]:
+        """``state`` with ``convert(name, tensor)`` applied to every moment of a sharded run.
+        torch's state dict shares the per-parameter dicts with the live optimizer: new ones are
+        built rather than the optimizer's own state overwritten."""
+        if not self.shards:
+            return state
+        state = {**state, "state": dict(state["state"])}
+        for index, (name, _) in enumerate(self.named_params):
+            moments = state["state"].get(index)
+            if moments is not None:
+                state["state"][index] = {
+                    key: value if key == "step" else convert(name, value)
+                    for key, value in moments.items()
+                }
+        return state
 
 
 def build_adamw(model: CausalLM, options: Options) -> AdamW:

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 import psyche_deepseek.plugin
-from psyche_core import plan, run
 from psyche_core.errors import PsycheError
-from psyche_core.options import all_option_specs
 from psyche_core.plugins import Plugins
 from psyche_deepseek.model import DeepseekV3ForCausalLM
 from psyche_deepseek.presets import V2_PRESETS, V3_PRESETS
 from psyche_deepseek.tensor_parallel import tensor_parallel_plan
+from tests import layouts
 from tests.core.test_trainer import read_metrics
+from tests.layouts import losses
 
 
 @pytest.fixture(scope="module")
@@ -30,22 +30,7 @@ def plugins():
 
 
 def train(plugins, out, **overrides):
-    values = {
-        "model": "deepseek_v3:tiny",
-        "sequence_length": 32,
-        "total_batch": 4,
-        "total_steps": 5,
-        "warmup_steps": 1,
-        "learning_rate": 1e-3,
-        "seed": 3,
-        "metrics": str(out / "metrics.jsonl"),
-        **overrides,
-    }
-    return run.train(plan.resolve_run_options(all_option_specs(plugins), values, None), plugins)
-
-
-def losses(out):
-    return [row["loss"] for row in read_metrics(out / "metrics.jsonl")]
+    return layouts.train(plugins, out, overrides.pop("model", "deepseek_v3:tiny"), **overrides)
 
 
 def test_v3_at_t2_follows_t1_and_saves_a_plain_hf_checkpoint(tmp_path, plugins):

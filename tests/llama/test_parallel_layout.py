@@ -25,12 +25,12 @@ import torch
 
 import psyche_distro.plugin
 import psyche_llama.plugin
-from psyche_core import plan, run
 from psyche_core.errors import PsycheError
 from psyche_core.layout import Layout, resolve_layout
-from psyche_core.options import all_option_specs
 from psyche_core.plugins import Plugins
+from tests import layouts
 from tests.core.test_trainer import read_metrics
+from tests.layouts import losses
 
 
 @pytest.fixture(scope="module")
@@ -39,23 +39,7 @@ def plugins():
 
 
 def train(plugins, out, **overrides):
-    values = {
-        "model": "llama:tiny",
-        "sequence_length": 32,
-        "total_batch": 4,
-        "total_steps": 5,
-        "warmup_steps": 1,
-        "learning_rate": 1e-3,
-        "seed": 3,
-        "metrics": str(out / "metrics.jsonl"),
-        **overrides,
-    }
-    specs = all_option_specs(plugins)
-    return run.train(plan.resolve_run_options(specs, values, None), plugins)
-
-
-def losses(out):
-    return [row["loss"] for row in read_metrics(out / "metrics.jsonl")]
+    return layouts.train(plugins, out, "llama:tiny", **overrides)
 
 
 def test_tensor_parallel_llama_follows_the_unsharded_run(tmp_path, plugins):
