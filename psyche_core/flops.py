@@ -116,9 +116,24 @@ def cached_cpu_peaks() -> dict[str, float]:
         return {}
 
 
-def bench_cpu_peaks(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)) -> dict:
-    """Measure and cache this machine's peak matmul FLOP/s per dtype (``psyche bench peak``)."""
+def machine_busy() -> bool:
+    """Whether other work is using the CPUs now (1-minute load average above 3/4 of the cores):
+    a peak measured then is low, and every later MFU would read high."""
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):  # no load average on this platform
+        return False
+    return load > 0.75 * (os.cpu_count() or 1)
+
+
+def bench_cpu_peaks(
+    dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16), cache: bool = True
+) -> dict:
+    """Measure this machine's peak matmul FLOP/s per dtype and, with ``cache``, keep it for
+    later runs (``psyche bench peak``)."""
     found = {_dtype_name(d): measure_cpu_peak(d) for d in dtypes}
+    if not cache:
+        return found
     path = cache_dir() / "peak_flops.json"
     try:
         everything = json.loads(path.read_text())
@@ -141,5 +156,6 @@ def peak_flops(device: torch.device, dtype: torch.dtype, measure: bool = True) -
         return None
     peaks = cached_cpu_peaks()
     if _dtype_name(dtype) not in peaks and measure:
-        peaks = bench_cpu_peaks((dtype,))
+        # measured now either way; kept for later runs only when the machine is idle
+        peaks = bench_cpu_peaks((dtype,), cache=not machine_busy())
     return peaks.get(_dtype_name(dtype))

@@ -24,9 +24,15 @@ def peak_command(dtypes: tuple[str, ...]) -> None:
     machine measures low; run it when the machine is idle."""
     import torch
 
-    from psyche_core.flops import bench_cpu_peaks, cache_dir
+    from psyche_core.flops import bench_cpu_peaks, cache_dir, machine_busy
 
     chosen = tuple(getattr(torch, d) for d in (dtypes or ("float32", "bfloat16")))
+    if machine_busy():
+        click.echo(
+            "warning: other work is using the CPUs now; the peak will measure low and MFU read "
+            "high until you rerun this on an idle machine",
+            err=True,
+        )
     found = bench_cpu_peaks(chosen)
     for name, flops in found.items():
         click.echo(f"{name:9s} {flops / 1e9:8.1f} GFLOP/s")

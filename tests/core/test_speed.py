@@ -135,6 +135,17 @@ def test_bench_peak_command_measures_and_caches(tmp_path, monkeypatch):
     assert flops.cached_cpu_peaks()["float32"] > 1e8
 
 
+@pytest.mark.parametrize(("load", "kept"), [(0.0, True), (1000.0, False)])
+def test_a_peak_measured_by_a_run_is_kept_only_from_an_idle_machine(
+    tmp_path, monkeypatch, load, kept
+):
+    monkeypatch.setenv("PSYCHE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(flops.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(flops, "measure_cpu_peak", lambda dtype: 1.5e11)
+    assert flops.peak_flops(torch.device("cpu"), torch.float32) == 1.5e11  # used either way
+    assert (flops.cached_cpu_peaks() == {"float32": 1.5e11}) is kept
+
+
 # -- --lr-schedule in runs -----------------------------------------------------------------------
 
 
