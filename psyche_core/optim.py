@@ -135,12 +135,12 @@ def grad_norm(params: Iterable[nn.Parameter]) -> torch.Tensor:
     squares = [torch.zeros((), dtype=torch.float32)]
     if plain:
         norms = torch._foreach_norm(plain)
-        squares.append(torch.stack([n.float() for n in norms]).square().sum())
+        squares.append(torch.stack([n.float() for n in norms]).square().sum().cpu())
     for g in grads:
         if parallel.is_sharded(g):
             norm = torch.linalg.vector_norm(g, dtype=torch.float32).full_tensor()
             squares.append(norm.square().cpu())
-    return torch.stack([s.cpu() for s in squares]).sum().sqrt()
+    return torch.stack(squares).sum().sqrt()
 
 
 def clip_grad_norm_(params: Iterable[nn.Parameter], max_norm: float) -> float:

@@ -15,8 +15,7 @@ from psyche_core.comm import Communicator
 from psyche_core.compiling import compile_regions
 from psyche_core.errors import PsycheError
 from psyche_core.evaluation import HeldOut
-from psyche_core.layout import Layout
-from psyche_core.plan import RunPlan, eval_data_options
+from psyche_core.plan import ResumePoint, RunPlan, eval_data_options
 from psyche_core.plugins import Plugins
 from psyche_core.reporting import RunInfo, print_header
 from psyche_core.topology import Topology
@@ -85,9 +84,7 @@ def run_peer(
             topology,
         )
         if plan.resume is not None:
-            state = checkpoint.read_peer_state(
-                plan.resume.path, _state_index(plan.resume.path, trainer)
-            )
+            state = checkpoint.read_peer_state(plan.resume.path, _state_index(plan.resume, trainer))
             trainer.load_peer_state(state, plan.resume.step, plan.resume.tokens)
         summary = trainer.train(stop)
         summary["parameters"] = model.num_parameters()
@@ -105,20 +102,17 @@ def run_peer(
     return summary
 
 
-def _state_index(path: str, trainer: Trainer) -> int:
+def _state_index(resume: ResumePoint, trainer: Trainer) -> int:
     """Which saved optimizer state this rank continues from: its peer's (states saved whole,
     any layout), or its own rank's (a sharded run of an optimizer with per-rank state, which
     resumes on the same layout only)."""
-    saved = checkpoint.read(path).trainer
-    layout = trainer.layout
-    if saved.get("states", "peer") == "peer" and not trainer.states_per_rank:
+    if not resume.states_per_rank and not trainer.states_per_rank:
         return trainer.topology.peer
-    recorded = Layout(**saved["layout"]) if "layout" in saved else Layout(peers=layout.peers)
-    if recorded != layout:
+    if resume.layout != trainer.layout:
         raise PsycheError(
-            f"{path} holds the optimizer state of each rank of a {recorded.describe()} run; "
-            f"this {trainer.optimizer.__class__.__name__} run is laid out as "
-            f"{layout.describe()}: resume it with the checkpoint's layout"
+            f"{resume.path} holds the optimizer state of each rank of a "
+            f"{resume.layout.describe()} run; this {trainer.optimizer.__class__.__name__} run "
+            f"is laid out as {trainer.layout.describe()}: resume it with the checkpoint's layout"
         )
     return trainer.topology.rank
 

@@ -68,6 +68,8 @@ class ResumePoint:
     path: str
     step: int
     tokens: int
+    layout: Layout  # the layout it was saved from (peers only, for checkpoints before layouts)
+    states_per_rank: bool  # it holds each rank's optimizer state, not each peer's
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,14 @@ def make_plan(options: Options, plugins: Plugins, layout: Layout | None = None) 
     resume = None
     if options.resume:
         found = checkpoint.read(options.resume)
-        resume = ResumePoint(str(found.path), found.step, int(found.trainer.get("tokens", 0)))
+        saved = found.trainer
+        resume = ResumePoint(
+            str(found.path),
+            found.step,
+            int(saved.get("tokens", 0)),
+            Layout(**saved["layout"]) if "layout" in saved else Layout(saved.get("world_size", 1)),
+            saved.get("states", "peer") == "rank",
+        )
         model = _resumed_model(plugins, options, found.run)
     else:
         model = resolve_model(plugins, options.model, options)
