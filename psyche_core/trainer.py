@@ -19,8 +19,7 @@ import dataclasses
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +33,7 @@ from psyche_core.errors import PsycheError
 from psyche_core.evaluation import HeldOut, evaluate
 from psyche_core.model import CausalLM
 from psyche_core.optim import Optimizer, StepContext, clip_grad_norm_
+from psyche_core.prefetch import Prefetcher
 from psyche_core.schedule import LRSchedule
 from psyche_core.topology import Topology
 
@@ -163,7 +163,7 @@ class Trainer:
         self.model_flops = 0.0  # this peer's model FLOPs so far, and the seconds they took
         self.compute_s = 0.0
         self.compile_s = 0.0
-        self._prefetch = _Prefetcher(data, self.sample_ids)
+        self._prefetch = Prefetcher(data, self.sample_ids)
 
     # -- data addressing ------------------------------------------------------------------------
 
@@ -562,42 +562,3 @@ def _add_note(exc: BaseException, note: str | None) -> None:
         exc.args = (f"{exc.args[0]}\n{note}",)
     elif hasattr(exc, "add_note"):
         exc.add_note(note)
-
-
-class _Prefetcher:
-    """Fetches the next step's samples on a background thread while this step computes."""
-
-    def __init__(self, data: DataProvider, ids_for: Callable[[int], Sequence[int]]) -> None:
-        self._data = data
-        self._ids_for = ids_for
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="psyche-prefetch")
-        self._pending: tuple[int, Future[list[TokenizedData]]] | None = None
-
-    def _fetch(self, step: int) -> list[TokenizedData]:
-        ids = self._ids_for(step)
-        samples = self._data.get_samples(ids)
-        if len(samples) != len(ids):
-            raise PsycheError(
-                f"data provider returned {len(samples)} samples for {len(ids)} ids at step {step}"
-            )
-        return samples
-
-    def get(self, step: int, last_step: int) -> tuple[list[TokenizedData], float]:
-        waited = time.perf_counter()
-        if self._pending is not None and self._pending[0] == step:
-            samples = self._pending[1].result()
-        else:
-            if self._pending is not None:
-                self._pending[1].cancel()
-            samples = self._fetch(step)
-        self._pending = None
-        wait = time.perf_counter() - waited
-        if step < last_step:
-            self._pending = (step + 1, self._pool.submit(self._fetch, step + 1))
-        return samples, wait
-
-    def close(self) -> None:
-        if self._pending is not None:
-            self._pending[1].cancel()
-            self._pending = None
-        self._pool.shutdown(wait=True, cancel_futures=True)
