@@ -423,3 +423,30 @@ def test_plain_server_persistent_failure_is_one_clear_error():
         with pytest.raises(PsycheError, match=r"p\.ds bytes \d+-\d+: HTTP 500 .*gave up after 3"):
             for step in range(3, 16):
                 http.read(range(step * 4, step * 4 + 4))
+
+
+def test_multipart_parser_reads_any_servers_part_layout():
+    """Header case, extra headers, reordered and merged parts, and a boundary inside the data
+    (other servers than ours lay multipart answers out differently)."""
+    from psyche_data.fetch import _cut, _multipart_parts
+
+    data = bytes(range(256)) * 4
+    data = data[:500] + b"--sep\r\n" + data[507:]  # the boundary inside a part's bytes
+
+    def part(first: int, last: int, head: str) -> bytes:
+        return f"--sep\r\n{head}: bytes {first}-{last}/1024\r\nX-Other: 1\r\n\r\n".encode() + (
+            data[first : last + 1] + b"\r\n"
+        )
+
+    body = bytearray(
+        part(600, 699, "content-range")  # asked second, answered first
+        + part(10, 19, "Content-Range")
+        + part(480, 559, "CONTENT-RANGE")  # two asked ranges merged into one part
+        + b"--sep--\r\n"
+    )
+    parts = _multipart_parts(body, b"sep")
+    assert [(first, len(view)) for first, view in parts] == [(600, 100), (10, 10), (480, 80)]
+    ranges = [(10, 10), (600, 100), (480, 20), (520, 40)]
+    got = _cut(parts, ranges)
+    assert [bytes(view) for view in got] == [data[s : s + n] for s, n in ranges]
+    assert _cut(parts, [(10, 10), (700, 5)]) is None  # a range no part holds

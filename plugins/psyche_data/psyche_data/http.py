@@ -242,10 +242,11 @@ class HttpDataProvider(ArrayDataProvider):
 
     def _fill(self, ids: list[int], capacity: int) -> None:
         try:
-            data = self._fetch(ids)
+            # kept as the file's tokens (half an int32 copy's memory); widened when taken
+            raw, where = self._fetch_raw(ids)
             with self._lock:
-                for i, row in zip(ids, data):
-                    self._store[i] = row
+                for i, row in zip(ids, where.tolist()):
+                    self._store[i] = raw[row]
                 while len(self._store) > capacity:  # guessed wrong: drop the oldest
                     del self._store[next(iter(self._store))]
         finally:
@@ -256,19 +257,28 @@ class HttpDataProvider(ArrayDataProvider):
     # -- fetching --------------------------------------------------------------------------------
 
     def _fetch(self, ids: Sequence[int]) -> np.ndarray:
+        raw, where = self._fetch_raw(ids)
+        return raw[where].astype(sample_dtype(self.dtype.itemsize))
+
+    def _fetch_raw(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct samples of ``ids`` as the file holds their tokens, in file order, and
+        for each id its row there."""
         where = self.index.locate(ids)
         length = self.index.sequence_length
         # each distinct sample once, in file order, so that samples adjacent in a file merge
         # into one range even when a shuffled batch lists them apart
-        keys = np.stack([where.file, where.token_offset], axis=1)
-        unique, inverse = np.unique(keys, axis=0, return_inverse=True)
-        out = np.empty((len(unique), length), dtype=sample_dtype(self.index.token_size))
+        files = where.file.astype(np.int64)
+        keys = (files << 40) | where.token_offset.astype(np.int64)  # one sortable number each
+        unique, inverse = np.unique(keys, return_inverse=True)
         size = self.dtype.itemsize
-        runs = _runs(unique[:, 0], unique[:, 1], length, MAX_REQUEST_BYTES // size)
+        runs = _runs(unique >> 40, unique & ((1 << 40) - 1), length, MAX_REQUEST_BYTES // size)
         sample_bytes = length * size
+        # the answers' bytes land here as they are, in file order; widened once at the end
+        raw = np.empty((len(unique), length), self.dtype)
+        raw_bytes = memoryview(raw).cast("B")
 
         def request(file: int, ranges: list[tuple[int, int, list[tuple[slice, int, int]]]]):
-            """Fetch one request's ranges into ``out`` (so at most ``connections`` answers are
+            """Fetch one request's ranges into ``raw`` (so at most ``connections`` answers are
             held at once); the runs to ask for again when the server answered the whole file."""
             wanted = [(s, n) for s, n, _ in ranges]
             bulk = sum(n for _, n in wanted) >= BULK_BYTES
@@ -282,7 +292,8 @@ class HttpDataProvider(ArrayDataProvider):
                 ]
             for (_, _, pieces), data in zip(ranges, answer):
                 for rows, at, n in pieces:
-                    out[rows] = np.frombuffer(data[at : at + n], self.dtype).reshape(-1, length)
+                    first = rows.start * sample_bytes
+                    raw_bytes[first : first + n] = data[at : at + n]
             return []
 
         for _ in range(2):  # once more if a server turned out to answer one range per request
@@ -295,7 +306,7 @@ class HttpDataProvider(ArrayDataProvider):
                 break
         with self._lock:
             self.bytes_useful += len(unique) * sample_bytes
-        return out[inverse.reshape(-1)]
+        return raw, inverse.reshape(-1)
 
     def _request(self, url: str, ranges: list[tuple[int, int]]) -> list[memoryview] | None:
         if len(ranges) == 1:
