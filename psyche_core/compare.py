@@ -13,10 +13,15 @@ training loss over the last steps. The report folder holds ``report.md`` (the ta
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
+import os
+import platform
 import re
+import shlex
 import statistics
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +34,22 @@ from psyche_core.specs import OptionSpec
 
 STATE_FILE = "compare.json"
 KIND = "psyche-compare"
+# train options a compare sets itself per run, or that would make runs write over each other
+PER_RUN = frozenset(
+    {
+        "optimizer",
+        "learning_rate",
+        "metrics",
+        "save_path",
+        "resume",
+        "start_step",
+        "checkpoint_every",
+        "keep_last",
+        "tensorboard",
+        "wandb_project",
+        "wandb_name",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -113,10 +134,26 @@ def parse_learning_rates(text: str | None) -> list[float]:
 # -- the report folder ---------------------------------------------------------------------------
 
 
-def open_report(out: Path, settings: Sequence[Setting], rates: Sequence[float], resume: bool):
-    """The state of ``out``: new, or a compare of the same settings to resume."""
+def run_defining_options(options: Options) -> dict[str, Any]:
+    """The options every run of a compare shares (model, data, budget, seed, ...), as JSON
+    values: what a resumed compare must match so that old and new runs stay comparable."""
+    values = {key: value for key, value in options.items() if key not in PER_RUN}
+    return json.loads(json.dumps(values, sort_keys=True, default=str))
+
+
+def open_report(
+    out: Path,
+    settings: Sequence[Setting],
+    rates: Sequence[float],
+    resume: bool,
+    options: Options | None = None,
+):
+    """The state of ``out``: new, or a compare to continue. A continued compare may name more
+    settings or rates than before (a study grows: a coarse grid first, then a finer lr sweep
+    of the best settings); its other options must be the ones its runs were trained with."""
     state_file = out / STATE_FILE
-    wanted = {"kind": KIND, "settings": [s.text for s in settings], "learning_rates": list(rates)}
+    texts = [s.text for s in settings]
+    shared = None if options is None else run_defining_options(options)
     if state_file.is_file():
         state = json.loads(state_file.read_text())
         if not resume:
@@ -124,18 +161,51 @@ def open_report(out: Path, settings: Sequence[Setting], rates: Sequence[float], 
                 f"{out} holds a compare report already; pass --resume to continue it, or "
                 "choose another --out"
             )
-        if {k: state.get(k) for k in wanted} != wanted:
-            raise PsycheError(
-                f"{out} holds a compare of other settings ({', '.join(state.get('settings', []))});"
-                " --resume continues only the same settings and learning rates"
+        if state.get("kind") != KIND:
+            raise PsycheError(f"{out / STATE_FILE} is not a psyche compare record")
+        saved = state.get("options")
+        if shared is not None and saved is not None and saved != shared:
+            changed = sorted(
+                k for k in saved.keys() | shared.keys() if saved.get(k) != shared.get(k)
             )
+            shown = ", ".join(f"{k} {saved.get(k)!r} -> {shared.get(k)!r}" for k in changed[:4]) + (
+                " ..." if len(changed) > 4 else ""
+            )
+            raise PsycheError(
+                f"{out} holds a compare trained with other options ({shown}); --resume "
+                "continues only with the same train options (settings and rates may grow)"
+            )
+        state["settings"] += [t for t in texts if t not in state["settings"]]
+        state["learning_rates"] += [r for r in rates if r not in state["learning_rates"]]
+        if shared is not None:
+            state["options"] = shared
         return state
     if out.exists() and (out.is_file() or any(out.iterdir())):
         raise PsycheError(
             f"--out {out} is not empty and holds no psyche compare; choose an empty or new folder"
         )
     out.mkdir(parents=True, exist_ok=True)
-    return {**wanted, "runs": {}}
+    state = {"kind": KIND, "settings": texts, "learning_rates": list(rates), "runs": {}}
+    if shared is not None:
+        state["options"] = shared
+    return state
+
+
+def _invocation() -> dict[str, Any]:
+    """Where the runs of one call came from (a compare's figures get quoted)."""
+    import torch
+
+    return {
+        "command": shlex.join(["psyche", *sys.argv[1:]]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def save_state(out: Path, state: dict[str, Any]) -> None:
@@ -154,8 +224,11 @@ def run_compare(
     train: Callable[[Options], dict[str, Any]],
     say: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Train every setting at every rate (skipping finished runs), then write the report."""
-    state = open_report(out, settings, rates, resume)
+    """Train every setting at every rate (skipping finished runs), then write the report of
+    every setting the compare holds (those of earlier calls too)."""
+    state = open_report(out, settings, rates, resume, options)
+    state.setdefault("recorded", []).append(_invocation())
+    save_state(out, state)
     (out / "runs").mkdir(exist_ok=True)
     switches = {spec.implied_by for _, spec, _ in plugins.optimizers.items() if spec.implied_by}
     for setting in settings:
@@ -183,7 +256,7 @@ def run_compare(
                 "parameters": summary.get("parameters"),
             }
             save_state(out, state)
-    rows = summarize(out, state, settings)
+    rows = summarize(out, state, state["settings"])
     write_report(out, rows, options)
     return rows
 
@@ -208,22 +281,24 @@ def run_scores(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def summarize(out: Path, state: dict[str, Any], settings: Sequence[Setting]) -> list[dict]:
+def summarize(out: Path, state: dict[str, Any], settings: Sequence[str]) -> list[dict]:
     """The best run of each setting (held-out loss when there is one, else training loss)."""
     best = []
     for setting in settings:
         candidates = []
         for run in state["runs"].values():
-            if run["setting"] != setting.text:
+            if run["setting"] != setting:
                 continue
             scores = run_scores(_read(out / run["metrics"]))
             key = scores["val_loss"] if scores["val_loss"] is not None else scores["loss"]
             candidates.append((key, run, scores))
+        if not candidates:
+            continue  # named but not trained yet
         key, run, scores = min(candidates, key=lambda c: c[0])
         dense = 4 * run["parameters"] if run.get("parameters") else None
         best.append(
             {
-                "setting": setting.text,
+                "setting": setting,
                 "learning_rate": run["learning_rate"],
                 "metrics": run["metrics"],
                 "compression": dense / scores["bytes_per_step"]

@@ -8,25 +8,11 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from psyche_core.compare import PER_RUN
 from psyche_core.errors import PsycheError
 from psyche_core.options import collect_option_specs, plugin_option_specs
 from psyche_core.plugins import Plugins
 from psyche_core.signals import stop_on_signals
-
-# train options a compare sets itself per run, or that would make runs write over each other
-_PER_RUN = {
-    "optimizer",
-    "learning_rate",
-    "metrics",
-    "save_path",
-    "resume",
-    "start_step",
-    "checkpoint_every",
-    "keep_last",
-    "tensorboard",
-    "wandb_project",
-    "wandb_name",
-}
 
 COMPARE_HELP = """Train the same model on the same data, seed and token budget under each
 optimizer SETTING, each at its best learning rate, and write one report.
@@ -81,7 +67,7 @@ def make_compare_command(plugins: Plugins) -> click.Command:
             help="Read train options from this TOML file (flags win).",
         ),
     ]
-    params += [click_option(s, owners.get(s.key)) for s in specs if s.cli and s.key not in _PER_RUN]
+    params += [click_option(s, owners.get(s.key)) for s in specs if s.cli and s.key not in PER_RUN]
     params.append(click_option(next(s for s in specs if s.key == "learning_rate")))
 
     def callback(

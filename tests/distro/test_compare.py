@@ -106,3 +106,27 @@ def test_a_folder_that_is_not_a_compare_is_refused(plugins, capsys, tmp_path):
     code, _, err = compare(plugins, capsys, "adamw", "--out", str(tmp_path))
     assert code == 1 and "is not empty and holds no psyche compare" in err
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_resumed_compare_grows_but_keeps_its_train_options(plugins, capsys, tmp_path):
+    """A coarse grid first, then more rates for one setting: the report holds every setting,
+    each at its best over all the rates it was trained at; other train options are refused."""
+    out = tmp_path / "study"
+    code, _, err = compare(plugins, capsys, "adamw", "distro:topk=2,chunk=4", "--out", str(out))
+    assert code == 0, err
+    code, _, err = compare(
+        plugins, capsys, "adamw", "--lr-sweep", "3e-2", "--out", str(out), "--resume"
+    )
+    assert code == 0, err
+    assert err.count("training") == 1 and "adamw@0.03" in err
+    summary = {row["setting"]: row for row in json.loads((out / "summary.json").read_text())}
+    assert set(summary) == {"adamw", "distro:topk=2,chunk=4"}
+    assert summary["adamw"]["tried"] == [4e-4, 3e-2]  # the default --learning-rate and the sweep
+    assert summary["distro:topk=2,chunk=4"]["tried"] == [4e-4]
+    assert "| `distro:topk=2,chunk=4` |" in (out / "report.md").read_text()
+
+    code, _, err = compare(
+        plugins, capsys, "adamw", "--out", str(out), "--resume", "--sequence-length", "8"
+    )
+    assert code == 1 and "trained with other options (sequence_length 12 -> 8)" in err, err
+    assert len(err.strip().splitlines()) == 1
