@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from psyche_core.errors import PsycheError, UnknownNameError
-from psyche_core.options import Options, coerce
+from psyche_core.options import Options, apply_presets, coerce
 from psyche_core.plugins import Plugins
 from psyche_core.specs import OptionSpec
 
@@ -72,11 +72,10 @@ def parse_setting(text: str, plugins: Plugins, specs: Sequence[OptionSpec]) -> S
     spec = plugins.optimizers.get(name)  # unknown names: one line with close matches
     own = {option.key: option for option in spec.options}
     core = {s.key: s for s in specs if s.key in ("beta1", "beta2", "eps", "weight_decay")}
-    choices = {**core, **own}
     overrides = []
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, has_value, raw = item.partition("=")
-        option = _match_option(key.strip().replace("-", "_"), choices, name, text)
+        option = _match_option(key.strip().replace("-", "_"), own, core, name, text)
         if not has_value:
             if option.type is not bool:
                 raise PsycheError(f"{text}: {key} needs a value ({key}=...)")
@@ -84,15 +83,26 @@ def parse_setting(text: str, plugins: Plugins, specs: Sequence[OptionSpec]) -> S
         else:
             value = _parse_value(option, raw.strip(), text)
         overrides.append((option.key, value))
-    return Setting(text, name, tuple(overrides))
+    # a preset (distro:preset=small) fills in what the setting does not set itself
+    values = apply_presets(list(specs) + list(own.values()), dict(overrides), dict(overrides))
+    return Setting(text, name, tuple(values.items()))
 
 
-def _match_option(key: str, choices: dict[str, OptionSpec], name: str, text: str) -> OptionSpec:
+def _match_option(
+    key: str, own: dict[str, OptionSpec], core: dict[str, OptionSpec], name: str, text: str
+) -> OptionSpec:
+    """The option ``key`` names: its key, or the last words of its key (``decay`` is
+    ``compression_decay``); the optimizer's own options before the core ones (``weight_decay``)."""
+    choices = {**core, **own}
     if key in choices:
         return choices[key]
-    by_suffix = [option for k, option in choices.items() if k.endswith("_" + key)]
-    if len(by_suffix) == 1:
-        return by_suffix[0]
+    for group in (own, core):
+        by_suffix = [option for k, option in group.items() if k.endswith("_" + key)]
+        if len(by_suffix) == 1:
+            return by_suffix[0]
+        if by_suffix:
+            names = ", ".join(option.key for option in by_suffix)
+            raise PsycheError(f"{text}: {key!r} could be any of {names}; use the full name")
     known = sorted({k.split("_")[-1] for k in choices} | set(choices))
     raise UnknownNameError(
         f"{name} key", key, known, f"(in {text!r}: keys are the optimizer's own flags)"

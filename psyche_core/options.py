@@ -484,6 +484,7 @@ def resolve(
     by_key = {spec.key: spec for spec in specs}
     values = {key: spec.default for key, spec in by_key.items()}
     values.update({k: v for k, v in (base or {}).items() if k in by_key})
+    from_toml: list[str] = []
     if toml_path is not None:
         for raw_key, value in load_toml(toml_path).items():
             key = raw_key.replace("-", "_")
@@ -493,5 +494,26 @@ def resolve(
                 hint = f"; did you mean {names}?" if close else ""
                 raise PsycheError(f"{toml_path}: unknown option {raw_key!r}{hint}")
             values[key] = coerce(by_key[key], value, str(toml_path))
+            from_toml.append(key)
+    explicit = set(base or {}) | set(from_toml) | {k.replace("-", "_") for k in command_line}
     values.update({k.replace("-", "_"): v for k, v in command_line.items()})
-    return Options(values)
+    return Options(apply_presets(by_key.values(), values, explicit))
+
+
+def apply_presets(
+    specs: Iterable[OptionSpec], values: dict[str, Any], explicit: Iterable[str]
+) -> dict[str, Any]:
+    """``values`` with each chosen preset's settings filled in where the key is not in
+    ``explicit`` (the options the user set)."""
+    specs, explicit = list(specs), set(explicit)
+    known = {spec.key for spec in specs}
+    for spec in specs:
+        chosen = values.get(spec.key)
+        if not spec.presets or chosen is None:
+            continue
+        for key, value in spec.presets[chosen].items():
+            if key not in known:
+                raise PsycheError(f"--{spec.name} {chosen} sets {key!r}, which no plugin declares")
+            if key not in explicit:
+                values[key] = value
+    return values

@@ -217,6 +217,23 @@ def wandb_reporter(options: Any, run: RunInfo) -> WandbMetrics | None:
 # -- the run's first and last lines --------------------------------------------------------------
 
 
+def _optimizer_settings(plan: RunPlan) -> str:
+    """`` (compression-chunk 64, ...)``: the optimizer's own options as this run sets them
+    (switches that are off and unset ones left out), so a log says what was compared."""
+    shown = []
+    for option in plan.optimizer.options:
+        value = plan.options.get(option.key)
+        if option.key == plan.optimizer.implied_by or value is None or value is False:
+            continue
+        if value is True:
+            shown.append(option.name)
+        else:
+            shown.append(
+                f"{option.name} {value:g}" if isinstance(value, float) else f"{option.name} {value}"
+            )
+    return f" ({', '.join(shown)})" if shown else ""
+
+
 def print_header(console: Console, plan: RunPlan, model: CausalLM, data: Any, device: Any) -> None:
     from psyche_core import hf
 
@@ -231,7 +248,8 @@ def print_header(console: Console, plan: RunPlan, model: CausalLM, data: Any, de
         console.print(f"  {plan.model.note}", highlight=False)
     console.print(f"  data      {data.describe()}", highlight=False)
     console.print(
-        f"  optimizer {plan.optimizer.name}, lr {options.learning_rate:g} (warmup "
+        f"  optimizer {plan.optimizer.name}{_optimizer_settings(plan)}, lr "
+        f"{options.learning_rate:g} (warmup "
         f"{options.warmup_steps}, {plan.schedule.describe()})",
         highlight=False,
     )

@@ -74,6 +74,10 @@ class OptionSpec:
     (a timeout or learning rate must be > 0, a beta < 1). Numbers are always checked for
     finiteness, and ints for fitting in 63 bits, by
     :func:`psyche_core.options.check_bounds`, before step 1.
+
+    ``presets`` makes a preset option (its ``type`` is the tuple of preset names): choosing
+    one fills in other options, ``{"small": {"compression_chunk": 16, ...}}``, wherever the
+    user did not set them (a flag or a TOML key always wins).
     """
 
     name: str
@@ -86,6 +90,7 @@ class OptionSpec:
     max: float | None = None
     above: float | None = None
     below: float | None = None
+    presets: Mapping[str, Mapping[str, Any]] | None = field(default=None, hash=False)
 
     @property
     def key(self) -> str:

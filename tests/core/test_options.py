@@ -76,3 +76,32 @@ def test_options_read_by_attribute_or_key():
     assert options.data_path == "d" and options["data-path"] == "d" and options["seed"] == 3
     with pytest.raises(AttributeError):
         _ = options.nope
+
+
+PRESET_SPECS = [
+    OptionSpec("chunk", int, 64),
+    OptionSpec("topk", int, 4),
+    OptionSpec(
+        "preset",
+        ("small", "broken"),
+        None,
+        presets={"small": {"chunk": 16, "topk": 8}, "broken": {"nope": 1}},
+    ),
+]
+
+
+def test_a_preset_fills_in_only_what_the_user_did_not_set(tmp_path):
+    assert dict(resolve(PRESET_SPECS, {})) == {"chunk": 64, "topk": 4, "preset": None}
+    chosen = resolve(PRESET_SPECS, {"preset": "small"})
+    assert (chosen.chunk, chosen.topk) == (16, 8)
+    flag_wins = resolve(PRESET_SPECS, {"preset": "small", "topk": 2})
+    assert (flag_wins.chunk, flag_wins.topk) == (16, 2)
+    toml = tmp_path / "run.toml"
+    toml.write_text('preset = "small"\nchunk = 32\n')
+    toml_wins = resolve(PRESET_SPECS, {}, toml)
+    assert (toml_wins.chunk, toml_wins.topk) == (32, 8)
+    # a resumed run's recorded options are what it ran with: a preset does not change them
+    resumed = resolve(PRESET_SPECS, {}, base={"chunk": 64, "topk": 4, "preset": "small"})
+    assert (resumed.chunk, resumed.topk) == (64, 4)
+    with pytest.raises(PsycheError, match="--preset broken sets 'nope', which no plugin declares"):
+        resolve(PRESET_SPECS, {"preset": "broken"})

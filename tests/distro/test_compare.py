@@ -130,3 +130,40 @@ def test_a_resumed_compare_grows_but_keeps_its_train_options(plugins, capsys, tm
     )
     assert code == 1 and "trained with other options (sequence_length 12 -> 8)" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_setting_keys_prefer_the_optimizers_own_options(plugins):
+    """``decay`` is DisTrO's --compression-decay, not the core --weight-decay (the issue's own
+    example, ``distro:topk=32,chunk=16,decay=0.995``); full names reach the core option."""
+    from psyche_core.compare import parse_setting
+    from psyche_core.options import collect_option_specs, plugin_option_specs
+
+    specs = collect_option_specs(list(plugin_option_specs(plugins)))
+    setting = parse_setting("distro:topk=32,chunk=16,decay=0.995", plugins, specs)
+    assert dict(setting.overrides) == {
+        "compression_topk": 32,
+        "compression_chunk": 16,
+        "compression_decay": 0.995,
+    }
+    setting = parse_setting("distro:weight_decay=0.0,decay=0.9", plugins, specs)
+    assert dict(setting.overrides) == {"weight_decay": 0.0, "compression_decay": 0.9}
+
+
+def test_a_preset_setting_fills_in_what_the_setting_does_not_set(plugins):
+    from psyche_core.compare import parse_setting
+    from psyche_core.options import collect_option_specs, plugin_option_specs
+    from psyche_distro.presets import PRESETS
+
+    specs = collect_option_specs(list(plugin_option_specs(plugins)))
+    values = dict(parse_setting("distro:preset=demo,topk=8", plugins, specs).overrides)
+    assert values == {**PRESETS["demo"], "distro_preset": "demo", "compression_topk": 8}
+
+
+def test_a_key_that_names_two_options_is_refused():
+    from psyche_core.compare import _match_option
+    from psyche_core.errors import PsycheError
+    from psyche_core.specs import OptionSpec
+
+    own = {o.key: o for o in (OptionSpec("a-rate", float), OptionSpec("b-rate", float))}
+    with pytest.raises(PsycheError, match="'rate' could be any of a_rate, b_rate"):
+        _match_option("rate", own, {}, "x", "x:rate=1")

@@ -4,6 +4,7 @@ fast). The optimizer itself is imported only when a run uses ``--optimizer distr
 from __future__ import annotations
 
 from psyche_core import OptimizerSpec, OptionSpec, hookimpl
+from psyche_distro.presets import PRESET_HELP, PRESETS
 
 MODES = ("psyche", "sync")
 
@@ -41,6 +42,14 @@ OPTIONS = (
         "DisTrO: choose each chunk's top-k from a bfloat16 DCT (about 4x cheaper on CPUs with "
         "bf16 matrix instructions) and compute the kept values in float32; the choice can "
         "differ from the exact one where magnitudes are within bf16 rounding.",
+    ),
+    OptionSpec(
+        "distro-preset",
+        tuple(PRESETS),
+        None,
+        "DisTrO: a named setting of the options above (and weight decay) that fills in those "
+        "not given: " + "; ".join(f"{name}: {text}" for name, text in PRESET_HELP.items()),
+        presets=PRESETS,
     ),
     OptionSpec(
         "distro-mode",

@@ -1,6 +1,7 @@
-"""Named DisTrO settings seen in Psyche's and DeMo's configurations (design distro.md 3.1), as
-option values keyed like ``Options`` attributes. Ready for a ``--distro-preset`` flag; nothing
-reads them yet. No torch import here (plugin listing stays fast)."""
+"""Named DisTrO settings for ``--distro-preset``: those of Psyche's and DeMo's configurations
+(design distro.md 3.1), as option values keyed like ``Options`` attributes. A preset fills in
+only the options a run does not set itself, and never changes what a flag means. No torch
+import here (plugin listing stays fast)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "distro_mode": "sync",
     },
 }
+
+PRESET_HELP: dict[str, str] = {
+    "psyche-train": "chunk 64, top-k 4, decay 0.999 (Psyche's train example)",
+    "psyche-20m": "top-k 8, 1-bit (Psyche's llama2-20m configs)",
+    "consilience": "top-k 4, decay 0.995, 1-bit (the 40B run)",
+    "demo": "top-k 32, sync mode, no weight decay (DeMo's OLMo runs)",
+    "sign-sgd": "every coefficient sent (the control run)",
+}
+assert PRESET_HELP.keys() == PRESETS.keys()
