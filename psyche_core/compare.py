@@ -323,11 +323,12 @@ def summarize(out: Path, state: dict[str, Any], settings: Sequence[str]) -> list
 
 def write_report(out: Path, rows: list[dict[str, Any]], options: Options) -> None:
     by = "held-out loss" if any(r["val_loss"] is not None for r in rows) else "training loss"
+    seed = "data in file order" if options.seed is None else f"seed {options.seed}"
     lines = [
         "# psyche compare",
         "",
         f"Model `{options.model}`, {options.total_steps} steps of {options.total_batch} x "
-        f"{options.sequence_length} tokens, seed {options.seed}; each setting at its best "
+        f"{options.sequence_length} tokens, {seed}; each setting at its best "
         f"learning rate by {by}. `loss` is the mean training loss of the last "
         f"{rows[0]['tail']} steps; bytes are what one peer sends per step; compression is "
         "against a dense fp32 gradient.",
