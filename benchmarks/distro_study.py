@@ -5,12 +5,13 @@ Two studies, each a growing compare (stage 1 a grid, stage 2 more learning rates
 - ``tiny``: `llama:tiny` on the embedded sample data, 300 steps of 16 x 256 tokens on 2 peers,
   held-out loss on the data's last 64 sequences. Stage 1: AdamW and DisTrO over chunk {64, 32, 16}
   x top-k {4, 16, 32} x decay {0.999, 0.995}, all at lr 4e-3. Stage 2: AdamW at 1e-3 and 2e-3,
-  and the three best DisTrO settings at 2e-3 and 8e-3.
+  and the three best DisTrO settings at 2e-3 and 8e-3. Stage 3: the best DisTrO setting at 0.75x
+  and 1.5x its best rate, and the two best with 1-bit values at their best rate.
 - ``20m``: `llama:20m` on real text: the Python 3.11 standard library's source (every ``.py``
   outside the test folders, sorted by path, one document per file) tokenized with the Llama 2
   tokenizer by `psyche data tokenize` (3.8M tokens; the fineweb fixture's 6K tokens are too few
   to train on). bf16-mixed, 200 steps of 16 x 256 tokens on 2 peers, held-out loss on the last
-  128 sequences: AdamW at 1e-3 and 3e-3, the tiny study's best DisTrO setting and Psyche's
+  128 sequences: AdamW at 1e-3 and 3e-3, the tiny grid's best DisTrO setting and Psyche's
   production setting (chunk 64, top-k 4, decay 0.999) at 4e-3 and 8e-3.
 
 Each study's compare folder is ``benchmarks/results/compare_<study>/`` (report.md, curves.png,
@@ -74,7 +75,16 @@ def run_tiny() -> list[dict]:
     out = RESULTS / "compare_tiny"
     rows = compare(out, TINY, ["adamw", *GRID], "4e-3")
     compare(out, TINY, ["adamw"], "1e-3,2e-3")
-    return compare(out, TINY, best_distro(rows, 3), "2e-3,8e-3")
+    rows = compare(out, TINY, best_distro(rows, 3), "2e-3,8e-3")
+    # stage 3: the best setting between its neighbouring rates, and the two best with 1-bit
+    # values (fewer bytes again) at their best rate
+    best = next(r for r in rows if r["setting"] == best_distro(rows, 1)[0])
+    lr = best["learning_rate"]
+    rows = compare(out, TINY, [best["setting"]], f"{lr * 0.75:g},{lr * 1.5:g}")
+    for setting in best_distro(rows, 2):
+        rate = next(r["learning_rate"] for r in rows if r["setting"] == setting)
+        rows = compare(out, TINY, [f"{setting},quantization"], f"{rate:g}")
+    return rows
 
 
 def build_corpus(folder: Path) -> Path:
@@ -99,7 +109,8 @@ def run_20m(corpus_folder: Path, tiny_rows: list[dict]) -> list[dict]:
     ]  # fmt: skip
     out = RESULTS / "compare_20m"
     compare(out, base, ["adamw"], "1e-3,3e-3")
-    settings = list(dict.fromkeys([*best_distro(tiny_rows, 1), PRODUCTION]))
+    grid_rows = [r for r in tiny_rows if r["setting"] in GRID]  # the tiny grid's best
+    settings = list(dict.fromkeys([*best_distro(grid_rows, 1), PRODUCTION]))
     return compare(out, base, settings, "4e-3,8e-3")
 
 

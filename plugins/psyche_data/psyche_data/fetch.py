@@ -240,15 +240,27 @@ def _read_body(response: httpx.Response, limit: int, deadline: float) -> bytearr
     declared = response.headers.get("content-length")
     if declared is not None and int(declared) > limit:
         raise Fatal(f"the server answered with {declared} bytes for ranges totalling less")
-    body = bytearray()
+    if declared is None:
+        body = bytearray()
+        for chunk in response.iter_raw():
+            body += chunk
+            if len(body) > limit:
+                raise Fatal("the server sent more than the ranges asked for")
+            if time.monotonic() > deadline:
+                raise Retryable(f"too slow: {len(body)} bytes in time")
+        return body
+    size = int(declared)
+    body = bytearray(size)  # filled in place: no regrowing copies
+    filled = 0
     for chunk in response.iter_raw():
-        body += chunk
-        if len(body) > limit:
-            raise Fatal("the server sent more than the ranges asked for")
+        if filled + len(chunk) > size:
+            raise Fatal(f"the server sent more than the {size} bytes it declared")
+        body[filled : filled + len(chunk)] = chunk
+        filled += len(chunk)
         if time.monotonic() > deadline:
-            raise Retryable(f"too slow: {len(body)} bytes in time")
-    if declared is not None and len(body) != int(declared):
-        raise Retryable(f"short read: got {len(body)} of {declared} bytes")
+            raise Retryable(f"too slow: {filled} bytes in time")
+    if filled != size:
+        raise Retryable(f"short read: got {filled} of {declared} bytes")
     return body
 
 
