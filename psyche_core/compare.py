@@ -353,6 +353,19 @@ def write_report(out: Path, rows: list[dict[str, Any]], options: Options) -> Non
     _plot(out, rows)
 
 
+def _kind(row: dict[str, Any]) -> str:
+    return row["setting"].partition(":")[0]
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    """Trailing moving mean (a short run's per-step loss is too noisy to rank curves by)."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def _plot(out: Path, rows: list[dict[str, Any]]) -> None:
     try:
         import matplotlib
@@ -361,24 +374,52 @@ def _plot(out: Path, rows: list[dict[str, Any]]) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return  # the table stands alone; psyche-core[plot] adds the chart
-    fig, (by_tokens, by_bytes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    curves = []
     for r in rows:
         metrics = _read(out / r["metrics"])
-        label = f"{r['setting']} @ {r['learning_rate']:g}"
-        losses = [m["loss"] for m in metrics]
-        by_tokens.plot([m["tokens"] for m in metrics], losses, label=label)
-        sent = 0.0
-        cumulative = []
+        sent, cumulative = 0.0, []
         for m in metrics:
             sent += m["bytes_sent"]
             cumulative.append(sent)
-        by_bytes.plot(cumulative, losses, label=label)
+        losses = [m["loss"] for m in metrics]
+        window = max(1, len(losses) // 30)
+        curves.append((r, [m["tokens"] for m in metrics], cumulative, _smooth(losses, window)))
+    # the two best runs (by the report's own score) drawn bold; the rest thin
+    ranked = sorted(rows, key=lambda r: r["val_loss"] if r["val_loss"] is not None else r["loss"])
+    bold = {ranked[0]["setting"]} | {
+        next((r["setting"] for r in ranked if _kind(r) != _kind(ranked[0])), "")
+    }
+    colours = plt.get_cmap("tab20" if len(rows) > 10 else "tab10")
+    fig, (by_tokens, by_bytes) = plt.subplots(1, 2, figsize=(13, 5))
+    for number, (r, tokens, cumulative, losses) in enumerate(curves):
+        style = {
+            "color": colours(number % colours.N),
+            "linestyle": ("-", "--", ":")[number // colours.N % 3],
+            "linewidth": 2.2 if r["setting"] in bold else 1.0,
+            "label": f"{r['setting']} @ {r['learning_rate']:g}",
+        }
+        by_tokens.plot(tokens, losses, **style)
+        by_bytes.plot(cumulative, losses, **style)
+    # show where the runs differ: from the best final loss to the worst loss after a tenth
+    finals = [c[3][-1] for c in curves]
+    later = [v for c in curves for v in c[3][len(c[3]) // 10 :]]
+    top = sorted(later)[int(0.95 * (len(later) - 1))] if later else None
+    low = min(finals) if finals else None
     by_bytes.set_xscale("log")
     for axis, x in ((by_tokens, "tokens"), (by_bytes, "bytes sent per peer (cumulative)")):
         axis.set_xlabel(x)
-        axis.set_ylabel("training loss")
+        axis.set_ylabel("training loss (moving mean)")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    fig.tight_layout()
+        if top is not None and low is not None and top > low:
+            axis.set_ylim(low - 0.05 * (top - low), top)
+    fig.legend(
+        *by_tokens.get_legend_handles_labels(),
+        loc="lower center",
+        ncol=3 if len(rows) > 4 else len(rows),
+        fontsize=7,
+        frameon=False,
+    )
+    rows_of_legend = -(-len(rows) // (3 if len(rows) > 4 else max(1, len(rows))))
+    fig.tight_layout(rect=(0, min(0.45, 0.035 * rows_of_legend + 0.02), 1, 1))
     fig.savefig(out / "curves.png", dpi=110)
     plt.close(fig)
