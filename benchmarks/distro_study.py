@@ -14,6 +14,9 @@ Two studies, each a growing compare (stage 1 a grid, stage 2 more learning rates
   128 sequences: AdamW at 1e-3 and 3e-3, the tiny grid's best DisTrO setting and Psyche's
   production setting (chunk 64, top-k 4, decay 0.999) at 4e-3 and 8e-3.
 
+In both, a setting whose best rate is the lowest or highest it tried is trained once more at
+half or twice that rate (``widen``), so no reported best sits on the edge of its sweep.
+
 Each study's compare folder is ``benchmarks/results/compare_<study>/`` (report.md, curves.png,
 every run's metrics); an interrupted study continues where it stopped. Then writes
 ``benchmarks/results/distro_study.json``: each study's table, the best AdamW and DisTrO runs,
@@ -62,6 +65,20 @@ def compare(out: Path, base: list[str], settings: list[str], rates: str) -> list
     return json.loads((out / "summary.json").read_text())
 
 
+def widen(out: Path, base: list[str], rows: list[dict]) -> list[dict]:
+    """Once more for each setting whose best rate is the edge of those tried: at half the
+    lowest or twice the highest rate, so no best is a boundary of the sweep."""
+    for row in list(rows):
+        tried = row["tried"]
+        if len(tried) < 2:
+            continue
+        if row["learning_rate"] == min(tried):
+            rows = compare(out, base, [row["setting"]], f"{min(tried) / 2:g}")
+        elif row["learning_rate"] == max(tried):
+            rows = compare(out, base, [row["setting"]], f"{max(tried) * 2:g}")
+    return rows
+
+
 def best_distro(rows: list[dict], count: int) -> list[str]:
     distro = [r for r in rows if r["setting"].startswith("distro")]
     return [r["setting"] for r in sorted(distro, key=score)[:count]]
@@ -84,7 +101,7 @@ def run_tiny() -> list[dict]:
     for setting in best_distro(rows, 2):
         rate = next(r["learning_rate"] for r in rows if r["setting"] == setting)
         rows = compare(out, TINY, [f"{setting},quantization"], f"{rate:g}")
-    return rows
+    return widen(out, TINY, rows)
 
 
 def build_corpus(folder: Path) -> Path:
@@ -111,7 +128,7 @@ def run_20m(corpus_folder: Path, tiny_rows: list[dict]) -> list[dict]:
     compare(out, base, ["adamw"], "1e-3,3e-3")
     grid_rows = [r for r in tiny_rows if r["setting"] in GRID]  # the tiny grid's best
     settings = list(dict.fromkeys([*best_distro(grid_rows, 1), PRODUCTION]))
-    return compare(out, base, settings, "4e-3,8e-3")
+    return widen(out, base, compare(out, base, settings, "4e-3,8e-3"))
 
 
 def verdict(rows: list[dict]) -> dict:
