@@ -167,3 +167,14 @@ def test_a_key_that_names_two_options_is_refused():
     own = {o.key: o for o in (OptionSpec("a-rate", float), OptionSpec("b-rate", float))}
     with pytest.raises(PsycheError, match="'rate' could be any of a_rate, b_rate"):
         _match_option("rate", own, {}, "x", "x:rate=1")
+
+
+@pytest.mark.parametrize("name", ["psyche-train", "psyche-20m", "consilience", "demo", "small"])
+def test_every_distro_preset_resolves_to_valid_options(plugins, name):
+    from psyche_core.options import check_bounds, collect_option_specs, plugin_option_specs, resolve
+    from psyche_distro.presets import PRESETS
+
+    specs = collect_option_specs(list(plugin_option_specs(plugins)))
+    options = resolve(specs, {"distro_preset": name, "optimizer": "distro"})
+    assert {k: options[k] for k in PRESETS[name]} == PRESETS[name]
+    check_bounds(specs, options)
