@@ -400,11 +400,10 @@ def _plot(out: Path, rows: list[dict[str, Any]]) -> None:
         }
         by_tokens.plot(tokens, losses, **style)
         by_bytes.plot(cumulative, losses, **style)
-    # show where the runs differ: from the best final loss to the worst loss after a tenth
-    finals = [c[3][-1] for c in curves]
-    later = [v for c in curves for v in c[3][len(c[3]) // 10 :]]
-    top = sorted(later)[int(0.95 * (len(later) - 1))] if later else None
-    low = min(finals) if finals else None
+    # show where the runs differ: the losses after the first tenth of each run, bar outliers
+    later = sorted(v for c in curves for v in c[3][len(c[3]) // 10 :])
+    top = later[int(0.95 * (len(later) - 1))] if later else None
+    low = later[0] if later else None
     by_bytes.set_xscale("log")
     for axis, x in ((by_tokens, "tokens"), (by_bytes, "bytes sent per peer (cumulative)")):
         axis.set_xlabel(x)
