@@ -32,8 +32,10 @@ def test_plugin_registers_the_distro_optimizer():
         "compression-decay",
         "distro-quantization",
         "distro-bf16-select",
+        "distro-preset",
         "distro-mode",
     ]
+    assert options["distro-preset"].default is None  # a preset changes nothing unless chosen
     assert (options["distro"].type, options["distro"].default) == (bool, False)
     assert spec.implied_by == "distro"  # --distro picks this optimizer
     assert (options["compression-chunk"].type, options["compression-chunk"].default) == (int, 64)
