@@ -279,9 +279,8 @@ class Trainer:
         with self.world.uncounted():
             self.world.all_reduce_mean_([values])
         world = self.layout.world_size
-        mean_norm = values[0].item()
-        if self.optimizer.averages_gradients:
-            mean_norm = norm
+        # with averaged gradients every rank clipped the same ones: its own norm is the mean
+        mean_norm = norm if self.optimizer.averages_gradients else values[0].item()
         return mean_norm, round(values[1].item() * world), round(values[2].item() * world)
 
     def _throughput(self, tokens: int, seconds: float) -> dict[str, float]:

@@ -159,9 +159,9 @@ class Update:
         else:
             self.dense = scatter_mean_dense(idx, val, peers, grid)
 
-    def decode(self, block: tuple[int, int], work: torch.Tensor, spare: torch.Tensor):
-        """The inverse DCT over one block as ``(Y, n1, X, n2)`` (a view into ``work`` or
-        ``spare``, possibly strided), to add to :func:`grid4` of the block's rows."""
+    def decode(self, block: tuple[int, int], work: torch.Tensor):
+        """The inverse DCT over one block as ``(Y, n1, X, n2)`` (a view into ``work``,
+        possibly strided), to add to :func:`grid4` of the block's rows."""
         grid = self.group.grid
         l0, l1 = block
         if self.dense is not None:
@@ -227,8 +227,9 @@ def generate(
     shrink = 1.0 - lr * weight_decay
     work, spare = buffers[0], buffers[1]
     # k' = T at full precision: this peer sent all of delta, nothing is left to feed back
-    everything_sent = group.k == grid.chunk_numel and group.dtype == group.delta.dtype
-    device, full = group.delta.device, group.k == grid.chunk_numel
+    full = group.k == grid.chunk_numel
+    everything_sent = full and group.dtype == group.delta.dtype
+    device = group.delta.device
     if full:  # every coefficient, in index order: the indices are a broadcast view
         idx = torch.arange(group.k, device=device).expand(grid.num_chunks, group.k)
     else:
@@ -247,7 +248,7 @@ def generate(
         if own is not None and everything_sent:
             d.zero_()  # delta - D^-1(D(delta)): zero up to the transform's rounding
         elif own is not None:  # error feedback, deferred from the last step: decay * (d - own)
-            grid4(d, grid).sub_(own.decode(block, work, spare))
+            grid4(d, grid).sub_(own.decode(block, work))
         if decay != 1.0:
             d.mul_(decay)
         if grads is not None:
@@ -263,7 +264,7 @@ def generate(
             else:
                 idx[c0:c1], val[c0:c1] = topk_block(coeffs, group.k, work=spare)
         if update is not None:  # psyche mode: last step's aggregate
-            decoded = update.decode(block, work, spare)
+            decoded = update.decode(block, work)
             grid4(wb, grid).add_(decoded.sign_(), alpha=-lr)
     group.write_back(weights)
     return idx, val
@@ -271,10 +272,10 @@ def generate(
 
 def apply(group: Group, update: Update, lr: float, buffers: tuple[torch.Tensor, ...]) -> None:
     """``theta -= lr * sign(update)``, block by block."""
-    work, spare = buffers[0], buffers[1]
+    work = buffers[0]
     weights = group.weights()
     for block in group.blocks:
-        decoded = update.decode(block, work, spare)
+        decoded = update.decode(block, work)
         grid4(group.rows(weights, block), group.grid).add_(decoded.sign_(), alpha=-lr)
     group.write_back(weights)
 

@@ -86,6 +86,16 @@ class PayloadLayout:
             self._packed_full[key] = pack_indices(idx, segment.grid.chunk_numel)
         return self._packed_full[key]
 
+    def _pack(
+        self, segment: Segment, idx: torch.Tensor, val: torch.Tensor, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One segment's index bytes and value bytes."""
+        if segment.full:  # arange(T) per chunk: packed once
+            packed = self._full_indices(segment, device)
+        else:
+            packed = pack_indices(idx, segment.grid.chunk_numel).reshape(-1)
+        return packed, pack_signs(val) if segment.one_bit else values_to_bytes(val)
+
     @property
     def coefficients(self) -> int:
         return sum(s.count for s in self.segments)
@@ -95,11 +105,7 @@ class PayloadLayout:
         one 1-D uint8 tensor of :attr:`nbytes`."""
         parts = []
         for segment, (idx, val) in zip(self.segments, results, strict=True):
-            if segment.full:  # arange(T) per chunk: packed once
-                parts.append(self._full_indices(segment, idx.device))
-            else:
-                parts.append(pack_indices(idx, segment.grid.chunk_numel).reshape(-1))
-            parts.append(pack_signs(val) if segment.one_bit else values_to_bytes(val))
+            parts.extend(self._pack(segment, idx, val, idx.device))
         if not parts:
             return torch.empty(0, dtype=torch.uint8)
         device = parts[0].device
@@ -140,12 +146,9 @@ class PayloadLayout:
             val = unpack_signs(raw.to(device), s.count, dtype)
         else:
             val = bytes_to_values(raw.to(device), s.value_dtype).to(dtype)
-
-        def by_chunk(t: torch.Tensor) -> torch.Tensor:
-            # (peers, chunks * k) -> (chunks, peers * k)
-            return t.view(peers, chunks, s.k).transpose(0, 1).reshape(chunks, peers * s.k)
-
-        return (idx if s.full else by_chunk(idx)), by_chunk(val)
+        if not s.full:
+            idx = _by_chunk(idx, peers, chunks, s.k)
+        return idx, _by_chunk(val, peers, chunks, s.k)
 
     # -- by group: the optimizer's path -------------------------------------------------------
 
@@ -169,12 +172,8 @@ class PayloadLayout:
                 self._stacked(positions).write(payload, idx, val)
                 continue
             s = self.segments[positions[0]]
-            if s.full:  # arange(T) per chunk: packed once
-                packed = self._full_indices(s, payload.device)
-            else:
-                packed = pack_indices(idx, s.grid.chunk_numel).reshape(-1)
+            packed, raw = self._pack(s, idx, val, payload.device)
             payload[s.offset : s.offset + s.index_bytes] = packed
-            raw = pack_signs(val) if s.one_bit else values_to_bytes(val)
             payload[s.offset + s.index_bytes : s.offset + s.nbytes] = raw
         return payload
 
@@ -261,10 +260,12 @@ class StackedSegments:
             val = unpack_signs(raw, self._bits, dtype)[:, self._on("_bit_at", device)]
         else:
             val = bytes_to_values(raw, self.value_dtype).to(dtype)
+        if not self.full:
+            idx = _by_chunk(idx, peers, self.chunks, self.k)
+        return idx, _by_chunk(val, peers, self.chunks, self.k)
 
-        def by_chunk(t: torch.Tensor) -> torch.Tensor:
-            # (peers, chunks * k) -> (chunks, peers * k)
-            k = self.k
-            return t.view(peers, self.chunks, k).transpose(0, 1).reshape(self.chunks, peers * k)
 
-        return (idx if self.full else by_chunk(idx)), by_chunk(val)
+def _by_chunk(t: torch.Tensor, peers: int, chunks: int, k: int) -> torch.Tensor:
+    """``(peers, chunks * k)`` -> ``(chunks, peers * k)``: each chunk's row holds the peers'
+    selections in rank order."""
+    return t.view(peers, chunks, k).transpose(0, 1).reshape(chunks, peers * k)
