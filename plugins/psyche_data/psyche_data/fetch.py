@@ -122,18 +122,7 @@ class RangeClient:
                     f"the server answered with Content-Range "
                     f"{r.headers.get('content-range')!r}, not bytes {start}-{end}"
                 )
-            buffer = bytearray(length)
-            filled = 0
-            for chunk in r.iter_raw():
-                if filled + len(chunk) > length:
-                    raise Fatal(f"the server sent more than the {length} bytes asked for")
-                buffer[filled : filled + len(chunk)] = chunk
-                filled += len(chunk)
-                if time.monotonic() > deadline:
-                    raise Retryable(f"too slow: {filled} of {length} bytes in time")
-            if filled != length:
-                raise Retryable(f"short read: got {filled} of {length} bytes")
-            return buffer
+            return _read_exactly(r, length, deadline, "asked for")
 
     def read_ranges(self, url: str, ranges: Sequence[tuple[int, int]]) -> list[memoryview] | None:
         """Exactly the bytes of each ``(start, length)`` of ``url``, in one multi-range request.
@@ -249,18 +238,23 @@ def _read_body(response: httpx.Response, limit: int, deadline: float) -> bytearr
             if time.monotonic() > deadline:
                 raise Retryable(f"too slow: {len(body)} bytes in time")
         return body
-    size = int(declared)
-    body = bytearray(size)  # filled in place: no regrowing copies
+    return _read_exactly(response, int(declared), deadline, "it declared")
+
+
+def _read_exactly(response: httpx.Response, size: int, deadline: float, promised: str) -> bytearray:
+    """Exactly ``size`` bytes of ``response``'s body, filled in place (no regrowing copies);
+    more is :class:`Fatal`, fewer or too slow :class:`Retryable`."""
+    body = bytearray(size)
     filled = 0
     for chunk in response.iter_raw():
         if filled + len(chunk) > size:
-            raise Fatal(f"the server sent more than the {size} bytes it declared")
+            raise Fatal(f"the server sent more than the {size} bytes {promised}")
         body[filled : filled + len(chunk)] = chunk
         filled += len(chunk)
         if time.monotonic() > deadline:
-            raise Retryable(f"too slow: {filled} bytes in time")
+            raise Retryable(f"too slow: {filled} of {size} bytes in time")
     if filled != size:
-        raise Retryable(f"short read: got {filled} of {declared} bytes")
+        raise Retryable(f"short read: got {filled} of {size} bytes")
     return body
 
 

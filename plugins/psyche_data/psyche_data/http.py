@@ -44,6 +44,7 @@ from psyche_data.index import (
     sample_ids,
     token_dtype,
 )
+from psyche_data.plugin import DEFAULT_CACHE_MEGABYTES
 from psyche_data.sources import RemoteFile, resolve_sources
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,6 @@ HOLE_BYTES = 512 << 10
 # streams of 8 MiB moved a fill 2-6x slower than 4 on the benchmark's 2 cores).
 BULK_STREAMS = 4
 BULK_BYTES = 1 << 20  # an answer this large takes one of the BULK_STREAMS
-DEFAULT_CACHE_MEGABYTES = 256
 
 
 class HttpDataProvider(ArrayDataProvider):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from psyche_core.hookspecs import hookimpl
 from psyche_core.specs import DataProviderSpec, OptionSpec
 
+DEFAULT_CACHE_MEGABYTES = 256.0  # --data-http-cache-megabytes and HttpDataProvider's default
+
 URL_OPTIONS = (
     OptionSpec(
         "data-url-start",
@@ -34,7 +36,7 @@ HTTP_OPTIONS = (
     OptionSpec(
         "data-http-cache-megabytes",
         float,
-        256.0,
+        DEFAULT_CACHE_MEGABYTES,
         "HTTP data: MiB of samples read ahead of their step from a server without multi-range "
         "support (a plain static server, a CDN), so that many steps' samples share a request.",
     ),
