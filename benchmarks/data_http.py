@@ -159,12 +159,10 @@ def main() -> None:
                         entry[name]["fetched_MB"] = round(provider.bytes_fetched / 1e6, 1)
                         entry[name]["fetched_vs_used"] = round(provider.bytes_fetched / used, 2)
                 for name in readers:
-                    if name != "local":
-                        entry[f"{name}_vs_local"] = round(
-                            sum(timings["local"]) / sum(timings[name]), 3
-                        )
-                for name in readers:
-                    if name not in ("local", "before"):
+                    if name == "local":
+                        continue
+                    entry[f"{name}_vs_local"] = round(sum(timings["local"]) / sum(timings[name]), 3)
+                    if name != "before":
                         entry[f"{name}_vs_before"] = round(
                             sum(timings["before"]) / sum(timings[name]), 2
                         )

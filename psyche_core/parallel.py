@@ -77,6 +77,34 @@ def parallelize(model: nn.Module, mesh: Any, tensor: int, fsdp: bool, mixed_bf16
         fully_shard(model, mesh=shard_mesh, mp_policy=policy)
 
 
+def require_divisible(degree: int, sizes: dict[str, int]) -> None:
+    """Refuse ``--tensor-parallelism degree`` unless it divides every named model size (heads
+    and intermediate widths split whole), one line naming the first that it does not."""
+    for field, value in sizes.items():
+        if value % degree:
+            raise PsycheError(
+                f"--tensor-parallelism {degree} must divide the model's {field} ({value}); "
+                "pick a divisor"
+            )
+
+
+def vocab_parallel_plan(
+    config: Any, degree: int, embed: str = "model.embed_tokens", head: str = "lm_head"
+) -> dict[str, Any]:
+    """The vocabulary split of a model plugin's plan: the embedding by rows, the LM head by
+    columns with its logits gathered for the loss; ``{}`` (both whole) when they are tied (one
+    parameter cannot take two layouts) or ``degree`` does not divide the vocabulary."""
+    if config.tie_word_embeddings or config.vocab_size % degree:
+        return {}
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    return {
+        embed: RowwiseParallel(input_layouts=Replicate()),
+        head: ColwiseParallel(output_layouts=Replicate()),
+    }
+
+
 # -- optimizer views of local shards ------------------------------------------------------------
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from psyche_core.errors import PsycheError
+from psyche_core import parallel
 from psyche_deepseek.config import DeepseekV2Config
 
 
@@ -69,23 +69,17 @@ def _rope_key_style(rope_dim: int) -> Any:
 
 def tensor_parallel_plan(config: DeepseekV2Config, degree: int) -> dict[str, Any]:
     """The ``parallelize_module`` plan of a DeepSeek causal LM at ``degree`` ranks."""
-    from torch.distributed.tensor import Replicate
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
     moe = [config.is_moe_layer(i) for i in range(config.num_hidden_layers)]
     shared = config.n_shared_experts or 0
-    checks = [("num_attention_heads", config.num_attention_heads, "")]
+    sizes = {"num_attention_heads": config.num_attention_heads}
     if not all(moe):
-        checks.append(("intermediate_size", config.intermediate_size, ""))
+        sizes["intermediate_size"] = config.intermediate_size
     if shared and any(moe):  # the shared experts are one MLP this wide
         width = config.moe_intermediate_size * shared
-        checks.append(("moe_intermediate_size", width, f" x n_shared_experts {shared}"))
-    for field, value, note in checks:
-        if value % degree:
-            raise PsycheError(
-                f"--tensor-parallelism {degree} must divide the model's {field}{note} "
-                f"({value}); pick a divisor"
-            )
+        sizes[f"moe_intermediate_size x n_shared_experts {shared}"] = width
+    parallel.require_divisible(degree, sizes)
     attn = "model.layers.*.self_attn."
     plan: dict[str, Any] = {
         attn + ("q_proj" if config.q_lora_rank is None else "q_b_proj"): ColwiseParallel(),
@@ -105,7 +99,4 @@ def tensor_parallel_plan(config: DeepseekV2Config, degree: int) -> dict[str, Any
             mlp(f"model.layers.{i}.mlp.")
         elif shared:
             mlp(f"model.layers.{i}.mlp.shared_experts.")
-    if not config.tie_word_embeddings and config.vocab_size % degree == 0:
-        plan["model.embed_tokens"] = RowwiseParallel(input_layouts=Replicate())
-        plan["lm_head"] = ColwiseParallel(output_layouts=Replicate())
-    return plan
+    return {**plan, **parallel.vocab_parallel_plan(config, degree)}

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from psyche_core import parallel
 from psyche_core.errors import PsycheError
 from psyche_core.inputs import check_inputs, positions_and_mask
 from psyche_core.losses import causal_lm_output
@@ -388,17 +389,11 @@ class LlamaForCausalLM(CausalLM):
         row-parallel (partial sums all-reduced). The vocabulary is split too: the embedding by
         rows and the LM head by columns, its logits gathered for the loss. Tied embeddings
         stay whole on every rank (one parameter cannot take two layouts)."""
-        from torch.distributed.tensor import Replicate
         from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
         config = self.config
-        for field in ("num_attention_heads", "num_key_value_heads", "intermediate_size"):
-            value = getattr(config, field)
-            if value % degree:
-                raise PsycheError(
-                    f"--tensor-parallelism {degree} must divide the model's {field} ({value}); "
-                    "pick a divisor"
-                )
+        fields = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
+        parallel.require_divisible(degree, {field: getattr(config, field) for field in fields})
         layer = "model.layers.*."
         plan: dict[str, Any] = {
             layer + "self_attn.q_proj": ColwiseParallel(),
@@ -409,10 +404,7 @@ class LlamaForCausalLM(CausalLM):
             layer + "mlp.up_proj": ColwiseParallel(),
             layer + "mlp.down_proj": RowwiseParallel(),
         }
-        if not config.tie_word_embeddings and config.vocab_size % degree == 0:
-            plan["model.embed_tokens"] = RowwiseParallel(input_layouts=Replicate())
-            plan["lm_head"] = ColwiseParallel(output_layouts=Replicate())
-        return plan
+        return {**plan, **parallel.vocab_parallel_plan(config, degree)}
 
     def load_hf_state_dict(self, state: Mapping[str, torch.Tensor], **kwargs: Any) -> None:
         # A tied checkpoint may still carry lm_head.weight; transformers ignores it, so do we.

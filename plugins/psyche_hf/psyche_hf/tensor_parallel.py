@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from psyche_core import parallel
 from psyche_core.errors import PsycheError
 
 
@@ -66,13 +67,8 @@ def dtensor_plan(model: Any, degree: int, describe: str) -> dict[str, Any] | Non
     if not plan:
         return None
     config = model.config
-    for field in DIVIDED_FIELDS:
-        value = getattr(config, field, None)
-        if isinstance(value, int) and value % degree:
-            raise PsycheError(
-                f"--tensor-parallelism {degree} must divide the model's {field} ({value}); "
-                "pick a divisor"
-            )
+    sizes = {field: getattr(config, field, None) for field in DIVIDED_FIELDS}
+    parallel.require_divisible(degree, {k: v for k, v in sizes.items() if isinstance(v, int)})
     styles = _styles()
     unknown = sorted({style for style in plan.values() if style not in styles})
     if unknown:
