@@ -84,7 +84,7 @@ def parse_setting(text: str, plugins: Plugins, specs: Sequence[OptionSpec]) -> S
             value = _parse_value(option, raw.strip(), text)
         overrides.append((option.key, value))
     # a preset (distro:preset=small) fills in what the setting does not set itself
-    values = apply_presets(list(specs) + list(own.values()), dict(overrides), dict(overrides))
+    values = apply_presets(specs, dict(overrides), dict(overrides))
     return Setting(text, name, tuple(values.items()))
 
 
@@ -156,14 +156,14 @@ def open_report(
     settings: Sequence[Setting],
     rates: Sequence[float],
     resume: bool,
-    options: Options | None = None,
+    options: Options,
 ):
     """The state of ``out``: new, or a compare to continue. A continued compare may name more
     settings or rates than before (a study grows: a coarse grid first, then a finer lr sweep
     of the best settings); its other options must be the ones its runs were trained with."""
     state_file = out / STATE_FILE
     texts = [s.text for s in settings]
-    shared = None if options is None else run_defining_options(options)
+    shared = run_defining_options(options)
     if state_file.is_file():
         state = json.loads(state_file.read_text())
         if not resume:
@@ -174,7 +174,7 @@ def open_report(
         if state.get("kind") != KIND:
             raise PsycheError(f"{out / STATE_FILE} is not a psyche compare record")
         saved = state.get("options")
-        if shared is not None and saved is not None and saved != shared:
+        if saved is not None and saved != shared:  # (records before 2026-12 have none)
             changed = sorted(
                 k for k in saved.keys() | shared.keys() if saved.get(k) != shared.get(k)
             )
@@ -187,18 +187,20 @@ def open_report(
             )
         state["settings"] += [t for t in texts if t not in state["settings"]]
         state["learning_rates"] += [r for r in rates if r not in state["learning_rates"]]
-        if shared is not None:
-            state["options"] = shared
+        state["options"] = shared
         return state
     if out.exists() and (out.is_file() or any(out.iterdir())):
         raise PsycheError(
             f"--out {out} is not empty and holds no psyche compare; choose an empty or new folder"
         )
     out.mkdir(parents=True, exist_ok=True)
-    state = {"kind": KIND, "settings": texts, "learning_rates": list(rates), "runs": {}}
-    if shared is not None:
-        state["options"] = shared
-    return state
+    return {
+        "kind": KIND,
+        "settings": texts,
+        "learning_rates": list(rates),
+        "options": shared,
+        "runs": {},
+    }
 
 
 def _invocation() -> dict[str, Any]:
