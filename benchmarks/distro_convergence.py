@@ -80,7 +80,9 @@ def main() -> None:
     parser.add_argument("--total-batch", type=int, default=16)
     parser.add_argument("--micro-batch", type=int, default=None)
     parser.add_argument("--sequence-length", type=int, default=256)
-    parser.add_argument("--peers", type=int, default=1, help="--peers")
+    parser.add_argument(
+        "--peers", type=int, default=1, help="simulated peers (psyche train --peers)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tail", type=int, default=20, help="steps averaged for the end loss")
     parser.add_argument(
