@@ -90,9 +90,10 @@ class _Base(BaseHTTPRequestHandler):
 class FaultyServer(_Server):
     """Serves ``files`` (name -> bytes); each request takes the next behaviour from ``script``
     (then ``default``): ok, drop, stall, 500, 404, short (closes mid-body), truncated
-    (a complete answer with too few bytes), ignore-range. With ``multi_range`` it answers a
-    request for several ranges with ``multipart/byteranges`` (else with the whole file, as a
-    plain static server does)."""
+    (a complete answer with too few bytes), ignore-range, ok-then-close (a good answer, then
+    the connection closed without saying so, as servers do to idle keep-alive ones). With
+    ``multi_range`` it answers a request for several ranges with ``multipart/byteranges`` (else
+    with the whole file, as a plain static server does)."""
 
     def __init__(
         self, files: dict[str, bytes], script=(), default: str = "ok", multi_range: bool = False
@@ -139,6 +140,9 @@ class _FaultyHandler(_Base):
             self.send_multipart(data, cut=behaviour == "short")
         elif behaviour == "ok":
             self.send_bytes(data)
+        elif behaviour == "ok-then-close":
+            self.send_bytes(data)
+            self.close_connection = True
         elif behaviour == "drop":
             self.close_connection = True
             self.connection.close()
@@ -170,6 +174,22 @@ class _FaultyHandler(_Base):
             self.wfile.write(data[first : first + half])
         else:
             raise AssertionError(behaviour)
+
+
+class RedirectServer(_Server):
+    """Answers every GET with ``status`` and ``Location: {target}{path}`` (as the Hub sends a
+    download to its CDN)."""
+
+    def __init__(self, target: str, status: int = 302) -> None:
+        self.target = target
+        self.status = status
+        super().__init__(_RedirectHandler)
+
+
+class _RedirectHandler(_Base):
+    def do_GET(self) -> None:
+        self.record()
+        self.send_plain(self.server.status, "", {"Location": self.server.target + self.path})
 
 
 SHA = "0123456789abcdef0123456789abcdef01234567"

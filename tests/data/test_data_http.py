@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 from data_helpers import make_options, write_tokens
-from data_servers import FakeHub, FaultyServer
+from data_servers import FakeHub, FaultyServer, RedirectServer
 
 from psyche_core.errors import PsycheError
 from psyche_data.http import HttpDataProvider, build_http
@@ -225,6 +225,61 @@ def test_not_found_and_unsatisfiable():
             pytest.raises(PsycheError, match=r"bytes 1400-1599: 416"),
         ):
             http.read([7])
+
+
+def test_redirects_are_followed_and_credentials_stay_with_their_host():
+    token = {"Authorization": "Bearer hf_secret"}
+    with FaultyServer({"x.ds": DATA}) as cdn, RedirectServer(cdn.url) as hub:
+        files = [RemoteFile(f"{hub.url}/x.ds")]
+        with HttpDataProvider(files, 100, **FAST, headers=token) as http:
+            assert http.read([2])[0].tolist() == list(range(200, 300))
+        assert all(h.get("authorization") == "Bearer hf_secret" for _, _, h in hub.requests)
+        assert cdn.requests and all("authorization" not in h for _, _, h in cdn.requests)
+        assert all(h.get("range") for _, _, h in cdn.requests)  # the Range goes along
+    with FaultyServer({"x.ds": DATA}) as cdn, RedirectServer(cdn.url) as hub:
+        hub.target = hub.url + "/elsewhere"  # a redirect to itself, forever
+        with pytest.raises(PsycheError, match="more than 10 redirects"):
+            HttpDataProvider([RemoteFile(f"{hub.url}/x.ds")], 100, **FAST)
+
+
+def test_a_kept_alive_connection_the_server_closed_is_replaced_quietly():
+    """Servers close idle keep-alive connections without notice; the next request on one is
+    sent again on a new connection, without using up a retry."""
+    with FaultyServer({"x.ds": DATA}, default="ok-then-close") as fake:
+        with provider_for(fake, retries=0) as http:
+            for row in range(4):
+                assert http.read([row])[0].tolist() == list(range(100 * row, 100 * row + 100))
+        assert len(fake.requests) == 4
+
+
+def test_proxy_from_the_environment(monkeypatch):
+    with FaultyServer({"x.ds": DATA}) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("http_proxy", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        files = [RemoteFile("http://data.example.invalid/x.ds", len(DATA))]
+        with HttpDataProvider(files, 100, **FAST) as http:
+            assert http.read([3])[0].tolist() == list(range(300, 400))
+        assert [p for _, p, _ in proxy.requests] == ["http://data.example.invalid/x.ds"]
+
+
+def test_https_checks_the_certificate(monkeypatch, tmp_path):
+    trustme = pytest.importorskip("trustme", reason="trustme makes the test certificates")
+    import ssl
+
+    authority = trustme.CA()
+    with FaultyServer({"x.ds": DATA}) as fake:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        authority.issue_cert("127.0.0.1").configure_cert(context)
+        fake.socket = context.wrap_socket(fake.socket, server_side=True)
+        url = fake.url.replace("http://", "https://") + "/x.ds"
+        with pytest.raises(PsycheError, match="cannot connect .*CERTIFICATE_VERIFY_FAILED"):
+            HttpDataProvider([RemoteFile(url)], 100, **{**FAST, "retries": 0})
+        authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        with HttpDataProvider([RemoteFile(url)], 100, **FAST) as http:
+            assert http.read([1])[0].tolist() == list(range(100, 200))
 
 
 def test_one_failing_sample_fails_the_batch():

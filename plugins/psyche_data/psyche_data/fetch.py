@@ -8,22 +8,22 @@ short bodies are retried with exponential backoff; a 404, a 416 or a server that
 
 from __future__ import annotations
 
+import functools
+import http.client
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TypeVar
 
-import httpx
-
 from psyche_core.errors import PsycheError
+from psyche_data.connections import ConnectionProblem, Connections, describe
 
 T = TypeVar("T")
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*$")
-# a part's Content-Range header, matched in the raw body (at a line start, any case)
-_PART_RANGE = re.compile(rb"(?:^|\n)content-range:[ \t]*bytes[ \t]+(\d+)-(\d+)[ \t]*/", re.I | re.M)
 _MIN_RATE = 256 * 1024  # bytes/s a body must at least arrive at, on top of the timeout
+_READ = 1 << 20  # bytes read at a time (the deadline is checked between reads)
 _IGNORES_RANGE = (
     "the server ignores Range requests (it answered 200 with the whole file); serve the files "
     "with `psyche data serve` or another range-capable server"
@@ -38,18 +38,18 @@ class Fatal(Exception):
     """A failure that another try will not fix."""
 
 
-def _status_error(response: httpx.Response) -> Exception:
-    status = response.status_code
+def _status_error(response: http.client.HTTPResponse) -> Exception:
+    status = response.status
     if status == 404:
         return Fatal("404 Not Found")
     if status == 416:
-        found = response.headers.get("content-range", "?")
+        found = response.getheader("content-range", "?")
         return Fatal(
             f"416 Range Not Satisfiable (Content-Range: {found}); the file is shorter than expected"
         )
     if status >= 500 or status in (408, 429):
-        return Retryable(f"HTTP {status} {response.reason_phrase}")
-    return Fatal(f"HTTP {status} {response.reason_phrase}")
+        return Retryable(f"HTTP {status} {response.reason}")
+    return Fatal(f"HTTP {status} {response.reason}")
 
 
 class RangeClient:
@@ -81,13 +81,8 @@ class RangeClient:
         self.timeout = float(timeout)
         self.retries = retries
         self.backoff = backoff
-        self._headers = dict(headers or {})
-        self._client = httpx.Client(
-            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-            timeout=httpx.Timeout(self.timeout),
-            follow_redirects=True,
-            headers={"Accept-Encoding": "identity", "User-Agent": "psyche-data"},
-        )
+        sent = {"Accept-Encoding": "identity", "User-Agent": "psyche-data", **(headers or {})}
+        self._connections = Connections(self.timeout, sent)
         self._pool = ThreadPoolExecutor(connections, thread_name_prefix="psyche-http")
 
     # -- one request ---------------------------------------------------------------------------
@@ -104,23 +99,20 @@ class RangeClient:
         server honours ``Range``)."""
         return self._retry(f"{url} (finding its size)", lambda: self._size_once(url))
 
-    def _request_headers(self, start: int, end: int) -> dict[str, str]:
-        return {**self._headers, "Range": f"bytes={start}-{end}"}
-
     def _read_once(self, url: str, start: int, length: int) -> bytearray:
         end = start + length - 1
         deadline = time.monotonic() + self.timeout + length / _MIN_RATE
-        with self._client.stream("GET", url, headers=self._request_headers(start, end)) as r:
-            whole_file = r.headers.get("content-length") == str(length)
-            if r.status_code == 200 and not (start == 0 and whole_file):
+        with self._connections.get(url, {"Range": f"bytes={start}-{end}"}) as r:
+            whole_file = r.getheader("content-length") == str(length)
+            if r.status == 200 and not (start == 0 and whole_file):
                 raise Fatal(_IGNORES_RANGE)  # (a 200 for exactly the whole file is fine)
-            if r.status_code not in (200, 206):
+            if r.status not in (200, 206):
                 raise _status_error(r)
-            got = _parse_content_range(r.headers.get("content-range"))
-            if r.status_code == 206 and (got is None or got[0] != start or got[1] != end):
+            got = _parse_content_range(r.getheader("content-range"))
+            if r.status == 206 and (got is None or got[0] != start or got[1] != end):
                 raise Fatal(
                     f"the server answered with Content-Range "
-                    f"{r.headers.get('content-range')!r}, not bytes {start}-{end}"
+                    f"{r.getheader('content-range')!r}, not bytes {start}-{end}"
                 )
             return _read_exactly(r, length, deadline, "asked for")
 
@@ -141,38 +133,37 @@ class RangeClient:
     ) -> list[memoryview] | None:
         wanted = sum(length for _, length in ranges)
         spec = ",".join(f"{start}-{start + length - 1}" for start, length in ranges)
-        headers = {**self._headers, "Range": f"bytes={spec}"}
         deadline = time.monotonic() + self.timeout + wanted / _MIN_RATE
-        with self._client.stream("GET", url, headers=headers) as r:
-            if r.status_code == 200:
+        with self._connections.get(url, {"Range": f"bytes={spec}"}) as r:
+            if r.status == 200:
                 return None  # the whole file: closing now drops it unread
-            if r.status_code != 206:
+            if r.status != 206:
                 raise _status_error(r)
-            kind = r.headers.get("content-type", "")
+            kind = r.getheader("content-type", "")
             # each part carries ~150 bytes of headers; anything much bigger is not our answer
             limit = wanted + 512 * len(ranges) + 4096
             body = _read_body(r, limit, deadline)
             if kind.lower().startswith("multipart/byteranges"):
                 parts = _multipart_parts(body, _boundary(kind))
             else:
-                got = _parse_content_range(r.headers.get("content-range"))
+                got = _parse_content_range(r.getheader("content-range"))
                 if got is None or got[0] is None:
                     raise Fatal(f"a 206 answer without a usable Content-Range ({kind})")
                 parts = [(got[0], memoryview(body))]
             return _cut(parts, ranges)
 
     def _size_once(self, url: str) -> int:
-        with self._client.stream("GET", url, headers=self._request_headers(0, 0)) as r:
-            if r.status_code == 200:
+        with self._connections.get(url, {"Range": "bytes=0-0"}) as r:
+            if r.status == 200:
                 raise Fatal(_IGNORES_RANGE)
-            if r.status_code not in (206, 416):
+            if r.status not in (206, 416):
                 raise _status_error(r)
-            got = _parse_content_range(r.headers.get("content-range"))
+            got = _parse_content_range(r.getheader("content-range"))
             if got is None or got[2] is None:
                 raise Fatal(
-                    f"cannot tell the file size from Content-Range "
-                    f"{r.headers.get('content-range')!r}"
+                    f"cannot tell the file size from Content-Range {r.getheader('content-range')!r}"
                 )
+            r.read()  # the one byte (or the 416's note), so the connection can be reused
             return got[2]
 
     def _retry(self, what: str, attempt: Callable[[], T]) -> T:
@@ -182,8 +173,8 @@ class RangeClient:
                 return attempt()
             except Fatal as exc:
                 raise PsycheError(f"{what}: {exc}") from None
-            except (Retryable, httpx.TransportError) as exc:
-                reason = _describe_transport(exc)
+            except (Retryable, ConnectionProblem, OSError, http.client.HTTPException) as exc:
+                reason = describe(exc)
                 if number == tries:
                     raise PsycheError(
                         f"{what}: {reason} (gave up after {tries} "
@@ -222,16 +213,16 @@ class RangeClient:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._client.close()
+        self._connections.close()
 
 
-def _read_body(response: httpx.Response, limit: int, deadline: float) -> bytearray:
-    declared = response.headers.get("content-length")
+def _read_body(response: http.client.HTTPResponse, limit: int, deadline: float) -> bytearray:
+    declared = response.getheader("content-length")
     if declared is not None and int(declared) > limit:
         raise Fatal(f"the server answered with {declared} bytes for ranges totalling less")
-    if declared is None:
+    if declared is None:  # chunked: read until the end, within the limit
         body = bytearray()
-        for chunk in response.iter_raw():
+        while chunk := response.read(_READ):
             body += chunk
             if len(body) > limit:
                 raise Fatal("the server sent more than the ranges asked for")
@@ -241,20 +232,32 @@ def _read_body(response: httpx.Response, limit: int, deadline: float) -> bytearr
     return _read_exactly(response, int(declared), deadline, "it declared")
 
 
-def _read_exactly(response: httpx.Response, size: int, deadline: float, promised: str) -> bytearray:
-    """Exactly ``size`` bytes of ``response``'s body, filled in place (no regrowing copies);
-    more is :class:`Fatal`, fewer or too slow :class:`Retryable`."""
+def _read_exactly(
+    response: http.client.HTTPResponse, size: int, deadline: float, promised: str
+) -> bytearray:
+    """Exactly ``size`` bytes of ``response``'s body, read straight into one buffer; more is
+    :class:`Fatal`, fewer or too slow :class:`Retryable`."""
+    declared = response.length  # what the answer's Content-Length promised (None: chunked)
+    if declared is not None and declared > size:
+        raise Fatal(f"the server sent more than the {size} bytes {promised}")
     body = bytearray(size)
+    view = memoryview(body)
     filled = 0
-    for chunk in response.iter_raw():
-        if filled + len(chunk) > size:
-            raise Fatal(f"the server sent more than the {size} bytes {promised}")
-        body[filled : filled + len(chunk)] = chunk
-        filled += len(chunk)
+    while filled < size:
+        got = response.readinto(view[filled : filled + _READ])
+        if not got:
+            break
+        filled += got
         if time.monotonic() > deadline:
             raise Retryable(f"too slow: {filled} of {size} bytes in time")
-    if filled != size:
+    if filled < size:
+        if declared is not None and filled < declared:
+            raise Retryable(
+                f"the server closed the connection early (got {filled} of {declared} bytes)"
+            )
         raise Retryable(f"short read: got {filled} of {size} bytes")
+    if response.read(1):
+        raise Fatal(f"the server sent more than the {size} bytes {promised}")
     return body
 
 
@@ -266,30 +269,41 @@ def _boundary(content_type: str) -> bytes:
     raise Fatal(f"multipart answer without a boundary ({content_type!r})")
 
 
+@functools.lru_cache(maxsize=8)
+def _part_head(boundary: bytes) -> re.Pattern[bytes]:
+    """A part's delimiter and headers, its ``Content-Range`` among them (any line, any case),
+    up to the blank line that starts its data."""
+    return re.compile(
+        b"--"
+        + re.escape(boundary)
+        + rb"[ \t]*\r\n(?:[^\r\n]*\r\n)*?content-range:[ \t]*bytes[ \t]+(\d+)-(\d+)[ \t]*/[^\r\n]*"
+        + rb"\r\n(?:[^\r\n]+\r\n)*\r\n",
+        re.I,
+    )
+
+
 def _multipart_parts(body: bytearray, boundary: bytes) -> list[tuple[int, memoryview]]:
     """``(first byte, data)`` of each part of a ``multipart/byteranges`` body.
 
     Each part's length comes from its ``Content-Range``, so binary data that happens to
-    contain the boundary cannot cut a part short. The headers are searched in place (a
-    shuffled batch is hundreds of 4 KiB parts, so a per-part decode would cost more than the
-    bytes).
+    contain the boundary cannot cut a part short. Each part's head is one anchored match in
+    place (a shuffled batch is hundreds of 4 KiB parts: per-part work must stay tiny).
     """
     view = memoryview(body)
     marker = b"--" + boundary
+    head = _part_head(boundary)
     parts = []
     at = body.find(marker)
     while at >= 0:
-        at += len(marker)
-        if body[at : at + 2] == b"--":
-            return parts  # the closing boundary
-        end = body.find(b"\r\n\r\n", at)
-        if end < 0:
-            break
-        found = _PART_RANGE.search(body, at, end)
+        found = head.match(body, at)
         if found is None:
+            if body.startswith(b"--", at + len(marker)):
+                return parts  # the closing boundary
+            if body.find(b"\r\n\r\n", at) < 0:
+                break  # the answer ends inside a part's headers
             raise Fatal("a multipart part without a usable Content-Range")
         first, last = int(found[1]), int(found[2])
-        start = end + 4
+        start = found.end()
         stop = start + last - first + 1
         if stop > len(body):
             raise Retryable(f"short read: a part of bytes {first}-{last} is cut off")
@@ -332,17 +346,3 @@ def _parse_content_range(value: str | None) -> tuple[int | None, int | None, int
         None if last is None else int(last),
         None if total == "*" else int(total),
     )
-
-
-def _describe_transport(exc: BaseException) -> str:
-    if isinstance(exc, Retryable):
-        return str(exc)
-    if isinstance(exc, httpx.ConnectTimeout):
-        return "timed out connecting"
-    if isinstance(exc, httpx.TimeoutException):
-        return "timed out waiting for the server"
-    if isinstance(exc, httpx.ConnectError):
-        return f"cannot connect ({exc or 'connection refused'})"
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return f"the server closed the connection early ({exc})"
-    return f"{type(exc).__name__}: {exc}"

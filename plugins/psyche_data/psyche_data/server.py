@@ -19,6 +19,7 @@ import re
 import socket
 import sys
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -33,6 +34,7 @@ _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
 _ONE_RANGE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
 _CHUNK = 1 << 20
 _GATHER_BYTES = 64 << 20  # multipart answers up to this size are built in one buffer
+_RESOLVED_SECONDS = 2.0  # how long a URL path's resolution to a file is trusted
 MAX_RANGES = 4096  # more ranges than this in one request are answered with the whole file
 BOUNDARY = "psyche-data-byteranges"
 
@@ -112,12 +114,21 @@ def _inside(real: str, real_root: str) -> bool:
     return real.startswith(real_root.rstrip(os.sep) + os.sep)
 
 
-def _gather(fd: int, heads: list[bytes], ranges: list[tuple[int, int]], tail: bytes, length: int):
-    """A whole multipart body in one buffer, each part read straight into its place (a
-    shuffled batch is hundreds of 4 KiB parts: one write, no per-part copies)."""
-    body = bytearray(length)
+def _gather(
+    fd: int,
+    prefix: bytes,
+    heads: list[bytes],
+    ranges: list[tuple[int, int]],
+    tail: bytes,
+    length: int,
+) -> bytearray:
+    """The answer's ``prefix`` (its headers) and its ``length``-byte multipart body in one
+    buffer, each part read straight into its place (a shuffled batch is hundreds of 4 KiB
+    parts: one write, no per-part copies)."""
+    body = bytearray(len(prefix) + length)
     view = memoryview(body)
-    at = 0
+    view[: len(prefix)] = prefix
+    at = len(prefix)
     for number, (head, (first, last)) in enumerate(zip(heads, ranges)):
         if number:
             view[at : at + 2] = b"\r\n"
@@ -218,12 +229,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", f"multipart/byteranges; boundary={BOUNDARY}")
         self.send_header("Content-Length", str(length))
+        fd = file.fileno()
+        if body and length <= _GATHER_BYTES and all(b - a < _CHUNK for a, b in ranges):
+            self.wfile.write(_gather(fd, self._finished_headers(), heads, ranges, tail, length))
+            return
         self.end_headers()
         if not body:
-            return
-        fd = file.fileno()
-        if length <= _GATHER_BYTES and all(b - a < _CHUNK for a, b in ranges):
-            self.wfile.write(_gather(fd, heads, ranges, tail, length))
             return
         # small parts are gathered into ~1 MiB writes (a syscall per 4 KiB sample would cost
         # more than the copy); large ones go out with sendfile
@@ -242,8 +253,29 @@ class _Handler(BaseHTTPRequestHandler):
                 out = bytearray()
         self.wfile.write(out + tail)
 
+    def _finished_headers(self) -> bytes:
+        """The answer's headers, ended, as bytes to go out in the same write as the body (one
+        send, not two: each wakes the client, and a shuffled batch is several answers)."""
+        self._headers_buffer.append(b"\r\n")
+        head = b"".join(self._headers_buffer)
+        self._headers_buffer = []
+        return head
+
     def _resolve(self, path: str) -> str | None:
-        """The real path of a file inside the served folder, or None."""
+        """The real path of a file inside the served folder, or None (remembered for a
+        moment: resolving costs a system call per folder level, and a shuffled batch asks for
+        each file a few times)."""
+        now = time.monotonic()
+        known = self.server.resolved.get(path)
+        if known is not None and now - known[0] < _RESOLVED_SECONDS:
+            return known[1]
+        real = self._resolve_now(path)
+        if len(self.server.resolved) >= 4096:
+            self.server.resolved.clear()
+        self.server.resolved[path] = (now, real)
+        return real
+
+    def _resolve_now(self, path: str) -> str | None:
         parts = path.split("/")[1:]
         if not parts or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
             return None
@@ -291,6 +323,7 @@ class DataServer(ThreadingHTTPServer):
         if not self.root.is_dir():
             raise PsycheError(f"cannot serve {str(root)!r}: not a folder")
         self.real_root = os.path.realpath(self.root)
+        self.resolved: dict[str, tuple[float, str | None]] = {}  # URL path -> (when, real path)
         try:
             super().__init__((host, port), _Handler)
         except OSError as exc:
