@@ -2,12 +2,15 @@
 
 Why not httpx: a shuffled batch is a few requests of hundreds of ranges each, and every
 microsecond of client CPU per request competes with the training step for the same cores.
-Measured over loopback (benchmarks/data_http.py), httpx spends about 1.5 ms of CPU on a 64-range
-request and 2.5 ms on a 1 MiB one; ``http.client`` reading straight into the caller's buffer
-spends about 0.5 ms on either. What httpx gave beyond that is kept here: redirects (the Hugging
-Face Hub answers with one to its CDN; ``Authorization`` is not carried to another host), the
-``HTTP(S)_PROXY`` / ``NO_PROXY`` environment, certificate checks with certifi's roots, and one
-quiet retry when a kept-alive connection turns out to be closed by the server.
+httpx's layers (httpcore's state machine, its own stream and pool objects) cost a few times
+the client CPU of ``http.client`` reading an answer straight into the caller's buffer, and
+the provider is bound by that CPU over a fast network (the change doubled
+``benchmarks/data_http.py``'s shuffled and file-order rates; see the issue notes).
+
+What httpx gave beyond that is kept here: redirects (the Hugging Face Hub answers with one to
+its CDN; ``Authorization`` is not carried to another host), the ``HTTP(S)_PROXY`` /
+``NO_PROXY`` environment, certificate checks with certifi's roots (or ``SSL_CERT_FILE``), and
+one quiet retry when a kept-alive connection turns out to be closed by the server.
 """
 
 from __future__ import annotations
