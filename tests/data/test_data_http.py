@@ -253,15 +253,20 @@ def test_a_kept_alive_connection_the_server_closed_is_replaced_quietly():
 
 
 def test_proxy_from_the_environment(monkeypatch):
+    import base64
+
     with FaultyServer({"x.ds": DATA}) as proxy:
-        monkeypatch.setenv("HTTP_PROXY", proxy.url)
-        monkeypatch.setenv("http_proxy", proxy.url)
-        monkeypatch.delenv("NO_PROXY", raising=False)
-        monkeypatch.delenv("no_proxy", raising=False)
+        with_login = proxy.url.replace("http://", "http://reader:p%40ss@")
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, with_login)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
         files = [RemoteFile("http://data.example.invalid/x.ds", len(DATA))]
         with HttpDataProvider(files, 100, **FAST) as http:
             assert http.read([3])[0].tolist() == list(range(300, 400))
         assert [p for _, p, _ in proxy.requests] == ["http://data.example.invalid/x.ds"]
+        login = "Basic " + base64.b64encode(b"reader:p@ss").decode()
+        assert proxy.requests[0][2]["proxy-authorization"] == login
 
 
 def test_https_checks_the_certificate(monkeypatch, tmp_path):

@@ -9,12 +9,14 @@ the provider is bound by that CPU over a fast network (the change doubled
 
 What httpx gave beyond that is kept here: redirects (the Hugging Face Hub answers with one to
 its CDN; ``Authorization`` is not carried to another host), the ``HTTP(S)_PROXY`` /
-``NO_PROXY`` environment, certificate checks with certifi's roots (or ``SSL_CERT_FILE``), and
-one quiet retry when a kept-alive connection turns out to be closed by the server.
+``NO_PROXY`` environment (with a login in the proxy URL), certificate checks with certifi's
+roots (or ``SSL_CERT_FILE``), and one quiet retry when a kept-alive connection turns out to be
+closed by the server.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import os
 import ssl
@@ -22,7 +24,7 @@ import threading
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 Origin = tuple[str, str, int]
 
@@ -48,6 +50,7 @@ class Connections:
         self._idle: dict[Origin, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
         self._proxies = urllib.request.getproxies()
+        self._routes: dict[Origin, tuple[Origin | None, dict[str, str]]] = {}
         self._tls: ssl.SSLContext | None = None
 
     @contextmanager
@@ -87,26 +90,26 @@ class Connections:
     def _send(
         self, origin: Origin, url: str, headers: Mapping[str, str]
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        proxy, proxy_headers = self._route(origin)
+        if proxy is not None and origin[0] == "http":  # the proxy reads the whole URL
+            target, headers = url, {**headers, **proxy_headers}
+        else:
+            parts = urlsplit(url)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         connection, reused = self._take(origin)
-        target = self._target(origin, url)
         try:
-            connection.request("GET", target, headers=headers)
-            return connection, connection.getresponse()
+            return connection, _exchange(connection, target, headers)
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
             connection.close()
             if not reused:
-                raise ConnectionProblem(f"the server closed the connection early ({exc})") from None
-        except TimeoutError:
-            connection.close()
-            raise ConnectionProblem("timed out waiting for the server") from None
+                raise ConnectionProblem(describe(exc)) from None
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
             raise ConnectionProblem(describe(exc)) from None
         # the server had closed the kept-alive connection while it was idle: one fresh try
         connection = self._open(origin)
         try:
-            connection.request("GET", target, headers=headers)
-            return connection, connection.getresponse()
+            return connection, _exchange(connection, target, headers)
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
             raise ConnectionProblem(describe(exc)) from None
@@ -127,22 +130,16 @@ class Connections:
 
     def _open(self, origin: Origin) -> http.client.HTTPConnection:
         scheme, host, port = origin
-        proxy = self._proxy_for(scheme, host)
+        proxy, proxy_headers = self._route(origin)
+        address = (host, port) if proxy is None else (proxy[1], proxy[2])
         if scheme == "https":
-            context = self._tls_context()
-            if proxy is None:
-                connection = http.client.HTTPSConnection(
-                    host, port, timeout=self.timeout, context=context
-                )
-            else:
-                connection = http.client.HTTPSConnection(
-                    proxy[1], proxy[2], timeout=self.timeout, context=context
-                )
-                connection.set_tunnel(host, port)
-        elif proxy is None:
-            connection = http.client.HTTPConnection(host, port, timeout=self.timeout)
-        else:  # plain http through a proxy: the request line carries the whole URL
-            connection = http.client.HTTPConnection(proxy[1], proxy[2], timeout=self.timeout)
+            connection = http.client.HTTPSConnection(
+                *address, timeout=self.timeout, context=self._tls_context()
+            )
+            if proxy is not None:
+                connection.set_tunnel(host, port, headers=proxy_headers)
+        else:
+            connection = http.client.HTTPConnection(*address, timeout=self.timeout)
         try:
             connection.connect()
         except TimeoutError:
@@ -154,18 +151,13 @@ class Connections:
             raise ConnectionProblem(f"cannot connect ({reason})") from None
         return connection
 
-    def _proxy_for(self, scheme: str, host: str) -> Origin | None:
-        proxy = self._proxies.get(scheme)
-        if not proxy or urllib.request.proxy_bypass(host):
-            return None
-        return _origin(proxy if "://" in proxy else f"http://{proxy}")
-
-    def _target(self, origin: Origin, url: str) -> str:
-        """The request target: path and query, or the whole URL for a plain-http proxy."""
-        if origin[0] == "http" and self._proxy_for("http", origin[1]) is not None:
-            return url
-        parts = urlsplit(url)
-        return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    def _route(self, origin: Origin) -> tuple[Origin | None, dict[str, str]]:
+        """The proxy for ``origin`` (None: direct) and the headers it wants; worked out once
+        per origin (the environment's ``NO_PROXY`` check is not cheap)."""
+        route = self._routes.get(origin)
+        if route is None:
+            route = self._routes[origin] = _route(self._proxies, origin)
+        return route
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:
@@ -182,6 +174,26 @@ def _tls_context() -> ssl.SSLContext:
     except ImportError:
         return ssl.create_default_context()
     return ssl.create_default_context(cafile=certifi.where())
+
+
+def _exchange(
+    connection: http.client.HTTPConnection, target: str, headers: Mapping[str, str]
+) -> http.client.HTTPResponse:
+    connection.request("GET", target, headers=headers)
+    return connection.getresponse()
+
+
+def _route(proxies: Mapping[str, str], origin: Origin) -> tuple[Origin | None, dict[str, str]]:
+    scheme, host, _ = origin
+    proxy = proxies.get(scheme)
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None, {}
+    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    headers = {}
+    if parts.username:  # http://user:password@proxy:port
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+    return _origin(parts.geturl()), headers
 
 
 def _origin(url: str) -> Origin:
