@@ -36,6 +36,10 @@ class ConnectionProblem(Exception):
     """The request did not get an answer (the message says why); worth another try."""
 
 
+class UntrustedServer(Exception):
+    """The server's TLS certificate did not check out; another try will not change that."""
+
+
 class Connections:
     """A pool of idle kept-alive connections per origin, shared by threads.
 
@@ -145,6 +149,12 @@ class Connections:
         except TimeoutError:
             connection.close()
             raise ConnectionProblem("timed out connecting") from None
+        except ssl.SSLCertVerificationError as exc:
+            connection.close()
+            raise UntrustedServer(
+                f"cannot connect: {exc.verify_message or exc} (set SSL_CERT_FILE to a file "
+                "with the certificate authority it uses, if you trust it)"
+            ) from None
         except OSError as exc:
             connection.close()
             reason = exc.strerror or str(exc) or "connection refused"

@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 from psyche_core.errors import PsycheError
-from psyche_data.connections import ConnectionProblem, Connections, describe
+from psyche_data.connections import ConnectionProblem, Connections, UntrustedServer, describe
 
 T = TypeVar("T")
 
@@ -171,7 +171,7 @@ class RangeClient:
         for number in range(1, tries + 1):
             try:
                 return attempt()
-            except Fatal as exc:
+            except (Fatal, UntrustedServer) as exc:
                 raise PsycheError(f"{what}: {exc}") from None
             except (Retryable, ConnectionProblem, OSError, http.client.HTTPException) as exc:
                 reason = describe(exc)
