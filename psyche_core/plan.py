@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,28 @@ def resolve_run_options(
             f"{merged.total_steps}); raise --total-steps to train further"
         )
     return merged.replace(resume=str(found.path), start_step=found.step + 1)
+
+
+def check_optimizer_options(options: Options, plugins: Plugins, given: Iterable[str]) -> None:
+    """Refuse options the user set (``given``: flags and TOML keys) that belong only to an
+    optimizer the run does not use: they would be ignored without a word (``--compression-topk
+    8`` on an AdamW run), or a preset would reach into the other optimizer's settings."""
+    chosen = choose(plugins.optimizers, options.optimizer, options, "optimizer")
+    stray_keys = set(given) - {option.key for option in chosen.options}
+    strays: dict[str, list[str]] = {}
+    for name, spec, _ in plugins.optimizers.items():
+        if name == chosen.name:
+            continue
+        for option in spec.options:
+            if option.key in stray_keys and option.key != spec.implied_by:
+                strays.setdefault(name, []).append(f"--{option.name}")
+    for name, flags in strays.items():
+        many = len(flags) > 1
+        raise PsycheError(
+            f"{', '.join(flags)} {'are options' if many else 'is an option'} of --optimizer "
+            f"{name}, but this run trains with {chosen.name}; leave {'them' if many else 'it'} "
+            f"out, or add --optimizer {name}"
+        )
 
 
 def check_numbers(options: Options, specs: Sequence[OptionSpec]) -> None:

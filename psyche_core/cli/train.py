@@ -8,7 +8,7 @@ import click
 from click.core import ParameterSource
 
 from psyche_core.errors import PsycheError
-from psyche_core.options import collect_option_specs, plugin_option_specs
+from psyche_core.options import collect_option_specs, load_toml, plugin_option_specs
 from psyche_core.plugins import Plugins
 from psyche_core.signals import stop_on_signals
 from psyche_core.specs import OptionSpec
@@ -85,6 +85,9 @@ def make_train_command(plugins: Plugins) -> click.Command:
         from psyche_core import plan, run  # torch is imported only when training
 
         options = plan.resolve_run_options(specs, given, config)
+        from_file = load_toml(config) if config else {}
+        explicit = {key.replace("-", "_") for key in [*given, *from_file]}
+        plan.check_optimizer_options(options, plugins, explicit)
         with stop_on_signals() as stop:
             summary = run.train(options, plugins, stop=stop)
         if summary.get("stopped"):

@@ -112,3 +112,34 @@ def test_presets_are_valid_option_sets():
         assert set(values) <= declared, name
         opt = build_distro(Tiny(), Options({**defaults, **values}))
         assert (opt.topk, opt.mode) == (values["compression_topk"], values["distro_mode"])
+
+
+@pytest.mark.parametrize(
+    ("flags", "toml", "message"),
+    [
+        (["--compression-topk", "8"], "", "--compression-topk is an option of --optimizer distro"),
+        (["--distro-preset", "demo"], "", "--distro-preset is an option of --optimizer distro"),
+        ([], "compression-decay = 0.9\n", "--compression-decay is an option of --optimizer"),
+    ],
+)
+def test_distro_options_on_an_adamw_run_are_refused(tmp_path, capsys, flags, toml, message):
+    """Not ignored without a word, and a preset does not reach into AdamW's weight decay."""
+    import psyche_distro.plugin
+    from psyche_core.cli import main
+    from tests.core import toy_plugin
+
+    plugins = Plugins.load(entry_points=False, extra=[toy_plugin, psyche_distro.plugin])
+    config = tmp_path / "run.toml"
+    config.write_text('model = "toy"\ndata-provider = "toy"\nwarmup-steps = 1\n' + toml)
+    base = ["train", "--config", str(config), "--total-steps", "2"]
+    for optimizer, refused in ((["--optimizer", "adamw"], True), (["--distro"], False)):
+        with pytest.raises(SystemExit) as exit_:
+            main([*base, *optimizer, *flags], plugins=plugins)
+            raise SystemExit(0)
+        err = capsys.readouterr().err
+        if refused:
+            assert exit_.value.code == 1 and message in err, err
+            assert "trains with adamw; leave it out, or add --optimizer distro" in err
+            assert len(err.strip().splitlines()) == 1
+        else:
+            assert exit_.value.code == 0, err
