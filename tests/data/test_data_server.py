@@ -13,7 +13,7 @@ import pytest
 from data_helpers import write_tokens
 
 from psyche_core.errors import PsycheError
-from psyche_data.server import DataServer, parse_range, start_server
+from psyche_data.server import DataServer, parse_range, parse_ranges, start_server
 
 
 @pytest.fixture
@@ -45,6 +45,29 @@ def test_parse_range():
     assert parse_range("bytes=5-2", 100) is None  # invalid: ignored, whole file
     assert parse_range("bytes=0-1,5-6", 100) is None  # several ranges: whole file
     assert parse_range("items=0-1", 100) is None
+
+
+def test_explicit_range_lists_parse_as_each_range_does():
+    """The one-split path for ``a-b,c-d,...`` agrees with the per-range path on every outcome:
+    ranges clipped to the file, ranges past its end left out, all of them past it (416), and
+    a reversed range (malformed: the whole file)."""
+    import random
+
+    from psyche_data.server import _each_range, _explicit_ranges
+
+    rng = random.Random(0)
+    for _ in range(500):
+        size = rng.choice([0, 1, 100, 5000])
+        pairs = []
+        for _ in range(rng.randint(1, 6)):
+            first = rng.randint(0, 6000)
+            pairs.append((first, first + rng.randint(-3, 2000)))
+        spec = ",".join(f"{a}-{b}" for a, b in pairs)
+        assert _explicit_ranges(spec, size) == _each_range(spec.split(","), size), (spec, size)
+    assert parse_ranges("bytes=0-9,90-200,300-400", 100) == [(0, 9), (90, 99)]
+    assert parse_ranges("bytes=200-300,100-150", 100) == "unsatisfiable"
+    assert parse_ranges("bytes=0-9,9-5", 100) is None
+    assert parse_ranges("bytes=0-9, 20-29", 100) == [(0, 9), (20, 29)]  # spaces: per range
 
 
 def test_ranges(served):

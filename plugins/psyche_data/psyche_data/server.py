@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
 _ONE_RANGE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+_EXPLICIT_RANGES = re.compile(r"\d+-\d+(?:,\d+-\d+)*")
+_RANGE_SEPARATORS = re.compile(r"[-,]")
 _CHUNK = 1 << 20
 _GATHER_BYTES = 64 << 20  # multipart answers up to this size are built in one buffer
 _RESOLVED_SECONDS = 2.0  # how long a URL path's resolution to a file is trusted
@@ -51,9 +53,25 @@ def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | str |
     unit, _, spec = header.partition("=")
     if unit.strip().lower() != "bytes" or not spec.strip():
         return None
-    parts = spec.split(",")
-    if len(parts) > MAX_RANGES:
+    if spec.count(",") >= MAX_RANGES:
         return None
+    if _EXPLICIT_RANGES.fullmatch(spec):
+        return _explicit_ranges(spec, size)
+    return _each_range(spec.split(","), size)
+
+
+def _explicit_ranges(spec: str, size: int) -> list[tuple[int, int]] | str | None:
+    """``parse_ranges`` of ``first-last,first-last,...``, what range clients send: one split
+    instead of a regex match per range (a shuffled batch asks for hundreds)."""
+    numbers = list(map(int, _RANGE_SEPARATORS.split(spec)))
+    pairs = list(zip(numbers[::2], numbers[1::2]))
+    if any(last < first for first, last in pairs):
+        return None  # malformed: the whole file, as for any malformed range
+    ranges = [(first, min(last, size - 1)) for first, last in pairs if first < size]
+    return ranges or "unsatisfiable"
+
+
+def _each_range(parts: list[str], size: int) -> list[tuple[int, int]] | str | None:
     ranges = []
     for part in parts:
         match = _ONE_RANGE.match(part)
