@@ -1,14 +1,18 @@
 """HTTP provider throughput over loopback against the local provider on the same files.
 
 Writes ``--megabytes`` of random uint16 tokens (4 files) to a temporary folder and serves it
-from two child processes (so servers and client do not share a GIL): ``psyche data serve``
-(answers several ranges per request) and ``psyche data serve --no-multi-range`` (answers them
-with the whole file, like a plain static server or a CDN without multi-range). Then, in
-alternating rounds, times batches of ``--batch`` x ``--sequence-length`` samples:
+from child processes (so servers and client do not share a GIL): ``psyche data serve``
+(answers several ranges per request), the same with ``--multipart-only`` (answers them as
+standard ``multipart/byteranges`` even to psyche's client) and ``psyche data serve
+--no-multi-range`` (answers them with the whole file, like a plain static server or a CDN
+without multi-range). Then, in alternating rounds, times batches of ``--batch`` x
+``--sequence-length`` samples:
 
 - ``local``: the local provider (memory-mapped, page cache warm);
 - ``http``: the http provider against ``psyche data serve`` (coalesced, multi-range,
-  concurrent, read-ahead);
+  concurrent, read-ahead; the ranges come back to back, read straight into the batch);
+- ``http_multipart``: the same against the ``--multipart-only`` server (what it gets from any
+  other server that answers several ranges: parts to find and copy);
 - ``http_plain``: the http provider against the plain server (one range per request, so it
   reads the samples of many steps ahead, through the gaps between them), with the default
   256 MiB of read-ahead, which here holds the whole data set: each byte is read about once;
@@ -17,7 +21,8 @@ alternating rounds, times batches of ``--batch`` x ``--sequence-length`` samples
 - ``before``: what the provider did before multi-range: one request per sample (adjacent
   samples merged), ``--connections`` at a time, against ``psyche data serve``.
 
-Shuffled (seeded) and in file order. Every reader keeps one provider for all rounds (the steady
+Shuffled (seeded) and in file order, taking turns within each round (so their ratio is taken
+under the same load on the host). Every reader keeps one provider for all rounds (the steady
 state of a run); each round times ``--batches`` consecutive batches and then waits for the
 reads started ahead of them, so work done ahead is paid in the round that started it, and the
 rates are totals over all rounds (a round that starts a large read-ahead is slow, the next ones
@@ -81,15 +86,21 @@ def time_batches(provider, read, batches: int, batch: int, first: int, local) ->
     return seconds
 
 
-def make_readers(local, multi_url: str, plain_url: str, seed, connections: int, caches):
+def make_readers(local, urls: dict[str, str], seed, connections: int, caches):
     """name -> ``(provider or None, read)``."""
     length = local.index.sequence_length
     options = dict(seed=seed, connections=connections, timeout=30)
-    multi_files = resolve_sources(multi_url).files
-    plain_files = resolve_sources(plain_url).files
+    multi_files = resolve_sources(urls["multi"]).files
+    multipart_files = resolve_sources(urls["multipart"]).files
+    plain_files = resolve_sources(urls["plain"]).files
     http = HttpDataProvider(multi_files, length, **options)
+    multipart = HttpDataProvider(multipart_files, length, **options)
     before = HttpDataProvider(multi_files, length, **options)
-    readers = {"local": (None, local.read), "http": (http, http.read)}
+    readers = {
+        "local": (None, local.read),
+        "http": (http, http.read),
+        "http_multipart": (multipart, multipart.read),
+    }
     for name, cache in caches.items():
         plain = HttpDataProvider(plain_files, length, **options, cache_megabytes=cache)
         readers[name] = (plain, plain.read)
@@ -130,45 +141,59 @@ def main() -> None:
         write_files(folder, args.megabytes)
         for name in sorted(folder.iterdir()):  # warm the page cache
             np.fromfile(name, dtype=np.uint16).sum()
-        multi, multi_url = serve(folder)
-        plain, plain_url = serve(folder, "--no-multi-range")
+        servers, urls = {}, {}
+        for name, flags in (
+            ("multi", ()),
+            ("multipart", ("--multipart-only",)),
+            ("plain", ("--no-multi-range",)),
+        ):
+            servers[name], urls[name] = serve(folder, *flags)
         try:
-            for order, seed in (("shuffled", 0), ("file_order", None)):
-                local = LocalDataProvider(folder, length, seed=seed)
-                readers = make_readers(local, multi_url, plain_url, seed, args.connections, caches)
-                batches = min(args.batches, local.num_sequences // batch // args.rounds - 1)
-                timings: dict[str, list[float]] = {name: [] for name in readers}
-                for r in range(args.rounds):  # alternating rounds, fresh batches each round
-                    for name, (provider, read) in readers.items():
+            orders = {"shuffled": 0, "file_order": None}
+            locals_ = {o: LocalDataProvider(folder, length, seed=s) for o, s in orders.items()}
+            readers = {
+                o: make_readers(locals_[o], urls, seed, args.connections, caches)
+                for o, seed in orders.items()
+            }
+            num_sequences = locals_["shuffled"].num_sequences
+            batches = min(args.batches, num_sequences // batch // args.rounds - 1)
+            timings = {o: {name: [] for name in readers[o]} for o in orders}
+            # alternating rounds, fresh batches each round; shuffled and file order take turns
+            # too, so that their ratio is measured under the same load on the host
+            for r in range(args.rounds):
+                for order in orders:
+                    for name, (provider, read) in readers[order].items():
                         first = 1 + r * batches
-                        timings[name].append(
-                            time_batches(provider, read, batches, batch, first, local)
+                        timings[order][name].append(
+                            time_batches(provider, read, batches, batch, first, locals_[order])
                         )
-                used = args.rounds * batches * batch * sample_bytes
+            used = args.rounds * batches * batch * sample_bytes
+            for order in orders:
                 entry: dict[str, object] = {"batches": args.rounds * batches}
-                for name, seconds in timings.items():
+                times = timings[order]
+                for name, seconds in times.items():
                     total = sum(seconds)
                     entry[name] = {
                         "ms_per_batch": round(total / (args.rounds * batches) * 1e3, 1),
                         "MB_per_s": round(used / total / 1e6, 1),
                         "round_seconds": [round(x, 2) for x in seconds],
                     }
-                    provider = readers[name][0]
+                    provider = readers[order][name][0]
                     if provider is not None:
                         provider.close()
                         entry[name]["fetched_MB"] = round(provider.bytes_fetched / 1e6, 1)
                         entry[name]["fetched_vs_used"] = round(provider.bytes_fetched / used, 2)
-                for name in readers:
+                for name in times:
                     if name == "local":
                         continue
-                    entry[f"{name}_vs_local"] = round(sum(timings["local"]) / sum(timings[name]), 3)
+                    entry[f"{name}_vs_local"] = round(sum(times["local"]) / sum(times[name]), 3)
                     if name != "before":
                         entry[f"{name}_vs_before"] = round(
-                            sum(timings["before"]) / sum(timings[name]), 2
+                            sum(times["before"]) / sum(times[name]), 2
                         )
                 results[order] = entry
         finally:
-            for server in (multi, plain):
+            for server in servers.values():
                 server.terminate()
                 server.wait(timeout=10)
     shuffled, ordered = results["shuffled"], results["file_order"]
@@ -183,6 +208,9 @@ def main() -> None:
         **results,
         "shuffled_http_vs_file_order_http": round(
             shuffled["http"]["MB_per_s"] / ordered["http"]["MB_per_s"], 3
+        ),
+        "shuffled_http_multipart_vs_file_order_http_multipart": round(
+            shuffled["http_multipart"]["MB_per_s"] / ordered["http_multipart"]["MB_per_s"], 3
         ),
     }
     _record.emit(report, args.save, "data_http")

@@ -3,7 +3,8 @@
 The http provider is bound by its own CPU over a fast network (each shuffled batch is a few
 requests of hundreds of ranges), which is why its range reads moved from httpx to the standard
 library. This measures that choice on the two request shapes the provider sends, against
-``psyche data serve`` in a child process over loopback:
+``psyche data serve --multipart-only`` in a child process over loopback (multipart for both
+clients: the transport compared on the same answers, not psyche's back-to-back ranges):
 
 - ``ranges_64``: 64 ranges of 4 KiB in one request (a shuffled batch's request; multipart
   answer, parsed and split into parts);
@@ -28,7 +29,7 @@ import httpx
 import numpy as np
 from data_http import serve, write_files
 
-from psyche_data.fetch import RangeClient, _boundary, _cut, _multipart_parts
+from psyche_data.fetch import RangeClient, _boundary, _cut_into, _multipart_parts
 
 SAMPLE = 4096
 
@@ -47,7 +48,9 @@ def httpx_reader(client: httpx.Client):
             if len(ranges) == 1:
                 return [memoryview(body)]
             kind = response.headers["content-type"]
-            return _cut(_multipart_parts(body, _boundary(kind)), ranges)
+            into = memoryview(bytearray(sum(length for _, length in ranges)))
+            _cut_into(_multipart_parts(body, _boundary(kind)), ranges, into)
+            return [into]
 
     return read
 
@@ -87,7 +90,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="psyche-bench-") as tmp:
         folder = Path(tmp)
         write_files(folder, 64, files=1)
-        server, url = serve(folder)
+        server, url = serve(folder, "--multipart-only")
         file_url = url + "00000.ds"
         size = (folder / "00000.ds").stat().st_size
         headers = {"Accept-Encoding": "identity", "User-Agent": "psyche-data"}

@@ -9,6 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
+from psyche_data.fetch import CONCATENATED
 from psyche_data.server import BOUNDARY, parse_range, parse_ranges
 
 
@@ -93,13 +94,21 @@ class FaultyServer(_Server):
     (a complete answer with too few bytes), ignore-range, ok-then-close (a good answer, then
     the connection closed without saying so, as servers do to idle keep-alive ones). With
     ``multi_range`` it answers a request for several ranges with ``multipart/byteranges`` (else
-    with the whole file, as a plain static server does)."""
+    with the whole file, as a plain static server does); with ``concatenated`` too, it answers
+    a client that asks for it with the ranges back to back (then ``long`` sends a byte more
+    than asked)."""
 
     def __init__(
-        self, files: dict[str, bytes], script=(), default: str = "ok", multi_range: bool = False
+        self,
+        files: dict[str, bytes],
+        script=(),
+        default: str = "ok",
+        multi_range: bool = False,
+        concatenated: bool = False,
     ) -> None:
         self.files = files
         self.multi_range = multi_range
+        self.concatenated = concatenated
         self.script = list(script)
         self.default = default
         super().__init__(_FaultyHandler)
@@ -110,6 +119,18 @@ class FaultyServer(_Server):
 
 
 class _FaultyHandler(_Base):
+    def send_concatenated(self, data: bytes, behaviour: str) -> None:
+        ranges = parse_ranges(self.headers.get("Range"), len(data))
+        body = b"".join(data[first : last + 1] for first, last in ranges)
+        body += b"!" if behaviour == "long" else b""
+        self.send_response(206)
+        self.send_header("Content-Type", CONCATENATED)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if behaviour == "short" else body)
+        if behaviour == "short":
+            self.close_connection = True
+
     def send_multipart(self, data: bytes, cut: bool) -> None:
         body = b""
         for first, last in parse_ranges(self.headers.get("Range"), len(data)):
@@ -136,6 +157,13 @@ class _FaultyHandler(_Base):
         several = "," in (self.headers.get("Range") or "")
         if data is None or behaviour == "404":
             self.send_plain(404, "not found")
+        elif (
+            several
+            and self.server.concatenated
+            and CONCATENATED in self.headers.get("Accept", "")
+            and behaviour in ("ok", "short", "long")
+        ):
+            self.send_concatenated(data, behaviour)
         elif several and self.server.multi_range and behaviour in ("ok", "short"):
             self.send_multipart(data, cut=behaviour == "short")
         elif behaviour == "ok":

@@ -19,9 +19,11 @@ from psyche_data.sources import RemoteFile, resolve_sources, template_urls
 FAST = {"timeout": 0.3, "retries": 2, "backoff": 0.01}
 
 
-@pytest.fixture
-def server(token_folder):
-    server, port = start_server(token_folder)
+@pytest.fixture(params=[True, False], ids=["back-to-back", "multipart"])
+def server(token_folder, request):
+    """``psyche data serve``, answering several ranges back to back (to psyche's client, which
+    asks for that) or as multipart, as other servers do."""
+    server, port = start_server(token_folder, concatenated=request.param)
     yield f"http://127.0.0.1:{port}/"
     server.close()
 
@@ -322,6 +324,32 @@ def test_a_shuffled_batch_is_a_few_multi_range_requests(token_folder, seed):
                 assert sent[0] == "bytes=0-99,300-599,900-999,1100-1199,1700-1899"
 
 
+@pytest.mark.parametrize("script", [[], ["ok", "short"]], ids=["whole", "cut-then-whole"])
+def test_ranges_back_to_back_land_in_place(token_folder, script):
+    """A server that answers several ranges back to back (psyche's, when asked): the batch is
+    right, the client asked for that type, and an answer cut short is asked for again."""
+    from psyche_data.fetch import CONCATENATED
+
+    files = {"a.ds": (token_folder / "a.ds").read_bytes()}
+    with FaultyServer(files, script=script, multi_range=True, concatenated=True) as fake:
+        local = LocalDataProvider(token_folder / "a.ds", 50, seed=1)
+        with HttpDataProvider([RemoteFile(f"{fake.url}/a.ds")], 50, seed=1, **FAST) as http:
+            ids = [1, 7, 12, 19, 2]
+            assert np.array_equal(http.read(ids), local.read(ids))
+            several = [h for _, _, h in fake.requests if "," in h.get("range", "")]
+            assert len(several) == (2 if script else 1)
+            assert all(CONCATENATED in h["accept"] for h in several)
+
+
+def test_ranges_back_to_back_with_a_byte_too_many_is_an_error(token_folder):
+    files = {"a.ds": (token_folder / "a.ds").read_bytes()}
+    with FaultyServer(files, ["ok"], "long", multi_range=True, concatenated=True) as fake:
+        http = HttpDataProvider([RemoteFile(f"{fake.url}/a.ds")], 50, seed=1, **FAST)
+        with http, pytest.raises(PsycheError, match="ranges in .*sent more than the 500 bytes"):
+            http.read([1, 7, 12, 19, 4])
+        assert sum("," in h.get("range", "") for _, _, h in fake.requests) == 1  # not retried
+
+
 def test_plain_server_falls_back_to_one_range_per_request(token_folder):
     files = {"b.ds": (token_folder / "b.ds").read_bytes()}
     with FaultyServer(files) as fake:  # answers several ranges with the whole file
@@ -359,24 +387,28 @@ def test_short_multipart_answer_is_retried(token_folder):
             assert len(fake.requests) == 3  # size probe, the cut answer, its retry
 
 
-def test_the_next_batch_is_read_ahead(token_folder):
-    files = {"b.ds": (token_folder / "b.ds").read_bytes()}
+def test_the_next_batches_are_read_ahead(token_folder):
+    def asked(start: int) -> str:  # the range of samples start, start + 1 (200 bytes each)
+        return f"bytes={start * 200}-{start * 200 + 399}"
+
+    files = {"b.ds": (token_folder / "b.ds").read_bytes()}  # 25 samples of 100 tokens
     with FaultyServer(files) as fake:
         local = LocalDataProvider(token_folder / "b.ds", 100)
         with HttpDataProvider([RemoteFile(f"{fake.url}/b.ds")], 100, **FAST) as http:
-            for start in (0, 8, 16):  # a stride of 8, as a peer of two sees
-                if start == 16:  # asked for before the caller wants it
+            for start in (0, 4, 8, 12):  # a stride of 4, as a peer of two sees
+                if start == 8:  # both next calls asked for before the caller wants them
                     deadline = time.monotonic() + 5
-                    while "bytes=3200-3999" not in ranged_requests(fake):
-                        assert time.monotonic() < deadline, "16-20 was not read ahead"
+                    while not {asked(8), asked(12)} <= set(ranged_requests(fake)):
+                        assert time.monotonic() < deadline, "8 and 12 were not read ahead"
                         time.sleep(0.01)
-                ids = range(start, start + 4)
+                ids = range(start, start + 2)
                 assert np.array_equal(http.read(ids), local.read(ids))
         sent = ranged_requests(fake, 1)
-    # 0-4 read; then a guess of 4-8 (dropped if it had not started when 8-12 came); 16-20 was
-    # read ahead once the stride was known, so it was not asked for again; then 24-28 guessed
-    needed = {"bytes=0-799", "bytes=1600-2399", "bytes=3200-3999"}
-    assert needed <= set(sent) <= needed | {"bytes=800-1599", "bytes=4800-5599"}
+    # 0-2 read; then guesses of 2-4 (dropped if it had not started when 4-6 came) and 4-6;
+    # once the stride was known, 8-10 and 12-14 were read ahead, so not asked for again;
+    # then 16-18 and 20-22 guessed
+    needed = {asked(start) for start in (0, 4, 8, 12)}
+    assert needed <= set(sent) <= needed | {asked(start) for start in (2, 16, 20)}
     assert len(sent) == len(set(sent))
 
 
@@ -490,7 +522,7 @@ def test_plain_server_persistent_failure_is_one_clear_error():
 def test_multipart_parser_reads_any_servers_part_layout():
     """Header case, extra headers, reordered and merged parts, and a boundary inside the data
     (other servers than ours lay multipart answers out differently)."""
-    from psyche_data.fetch import _cut, _multipart_parts
+    from psyche_data.fetch import _cut_into, _multipart_parts
 
     data = bytes(range(256)) * 4
     data = data[:500] + b"--sep\r\n" + data[507:]  # the boundary inside a part's bytes
@@ -509,6 +541,7 @@ def test_multipart_parser_reads_any_servers_part_layout():
     parts = _multipart_parts(body, b"sep")
     assert [(first, len(view)) for first, view in parts] == [(600, 100), (10, 10), (480, 80)]
     ranges = [(10, 10), (600, 100), (480, 20), (520, 40)]
-    got = _cut(parts, ranges)
-    assert [bytes(view) for view in got] == [data[s : s + n] for s, n in ranges]
-    assert _cut(parts, [(10, 10), (700, 5)]) is None  # a range no part holds
+    into = memoryview(bytearray(sum(n for _, n in ranges)))
+    assert _cut_into(parts, ranges, into)
+    assert bytes(into) == b"".join(data[s : s + n] for s, n in ranges)
+    assert not _cut_into(parts, [(10, 10), (700, 5)], memoryview(bytearray(15)))  # no part has it

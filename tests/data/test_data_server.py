@@ -225,3 +225,49 @@ def test_several_ranges_come_back_as_multipart_byteranges(tmp_path):
             assert none.status_code == 416
         finally:
             server.close()
+
+
+def test_psyche_clients_get_whole_ranges_back_to_back(tmp_path):
+    """Asked with ``Accept: <CONCATENATED>``, several whole ranges come back as their bytes
+    in the order asked, no part headers; anything the client could not cut up by the lengths
+    it asked for (a range cut at the end of the file, left out, or not ``first-last``) comes
+    back as multipart, and ``concatenated=False`` (``--multipart-only``) always answers so."""
+    from psyche_data.fetch import CONCATENATED, _boundary, _multipart_parts
+
+    data = bytes(range(256)) * 8
+    (tmp_path / "a.ds").write_bytes(data)
+    accept = {"Accept": f"{CONCATENATED}, multipart/byteranges"}
+    server, port = start_server(tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}/a.ds"
+        asked = [(700, 703), (10, 19), (2040, 2047), (10, 10)]  # any order, repeats, to the end
+        spec = "bytes=" + ",".join(f"{a}-{b}" for a, b in asked)
+        answer = httpx.get(url, headers={"Range": spec, **accept})
+        assert answer.status_code == 206
+        assert answer.headers["content-type"] == CONCATENATED
+        assert answer.headers["vary"] == "Accept"
+        assert answer.content == b"".join(data[a : b + 1] for a, b in asked)
+        assert answer.headers["content-length"] == str(len(answer.content))
+        head = httpx.head(url, headers={"Range": spec, **accept})
+        assert head.headers["content-length"] == str(len(answer.content)) and not head.content
+        for cut in ("bytes=10-19,2040-2050", "bytes=10-19,-4"):
+            other = httpx.get(url, headers={"Range": cut, **accept})
+            assert other.headers["content-type"].startswith("multipart/byteranges"), cut
+            parts = _multipart_parts(
+                bytearray(other.content), _boundary(other.headers["content-type"])
+            )
+            assert [first for first, _ in parts] == [10, 2040 if "2040" in cut else 2044]
+        left_out = httpx.get(url, headers={"Range": "bytes=10-19,5000-5001", **accept})
+        assert left_out.headers["content-range"] == "bytes 10-19/2048"  # the one range left
+        assert left_out.content == data[10:20]
+        plain = httpx.get(url, headers={"Range": spec})  # not asked for: multipart
+        assert plain.headers["content-type"].startswith("multipart/byteranges")
+    finally:
+        server.close()
+    server, port = start_server(tmp_path, concatenated=False)
+    try:
+        url = f"http://127.0.0.1:{port}/a.ds"
+        answer = httpx.get(url, headers={"Range": "bytes=0-1,4-5", **accept})
+        assert answer.headers["content-type"].startswith("multipart/byteranges")
+    finally:
+        server.close()

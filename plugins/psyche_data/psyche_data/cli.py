@@ -36,7 +36,20 @@ def data() -> None:
     help="Answer several ranges in one request (multipart/byteranges); --no-multi-range "
     "answers them with the whole file, like a plain static server.",
 )
-def serve(folder: str, host: str, port: int, hf_repo: str | None, multi_range: bool) -> None:
+@click.option(
+    "--multipart-only",
+    is_flag=True,
+    help="Answer several ranges as multipart/byteranges even to psyche's own client, which "
+    "otherwise asks for them back to back without part headers (to compare the two).",
+)
+def serve(
+    folder: str,
+    host: str,
+    port: int,
+    hf_repo: str | None,
+    multi_range: bool,
+    multipart_only: bool,
+) -> None:
     """Serve the token files in FOLDER over HTTP with range requests (for --data-url).
 
     Only files inside FOLDER are served (no '..', no symlinks leading out); GET / answers with
@@ -56,7 +69,7 @@ def serve(folder: str, host: str, port: int, hf_repo: str | None, multi_range: b
     files = data_index(Path(folder))
     if not files:
         raise PsycheError(f"{folder!r} has no .ds, .bin or .npy files to serve")
-    server = DataServer(folder, host, port, multi_range)
+    server = DataServer(folder, host, port, multi_range, concatenated=not multipart_only)
     total = sum(int(f["size"]) for f in files)  # type: ignore[call-overload]
     click.echo(f"serving {len(files)} files ({total:,} bytes) from {folder}", err=True)
     click.echo(f"use: --data-url {server.url}")

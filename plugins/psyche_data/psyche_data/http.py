@@ -50,6 +50,9 @@ from psyche_data.sources import RemoteFile, resolve_sources
 logger = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 8 << 20  # most bytes asked for in one request
+# batches fetched ahead of their call: two keep the server busy with one while the client
+# takes in the other (with one, each batch waits a whole round trip)
+READ_AHEAD_CALLS = 2
 MAX_RANGES = 256  # most ranges in one multi-range request (servers cap header sizes)
 MIN_RANGES = 128  # fewer per request: more requests cost more CPU than they overlap
 # Servers without multi-range: read through a gap this small rather than send another request.
@@ -110,8 +113,12 @@ class HttpDataProvider(ArrayDataProvider):
         self.connections = connections
         # per origin: None = not known yet, False = answers one range per request
         self._multi_range: dict[str, bool | None] = {}
-        self._ahead_pool = ThreadPoolExecutor(1, thread_name_prefix="psyche-http-ahead")
-        self._ahead: tuple[tuple[int, int], Future] | None = None
+        self._ahead_pool = ThreadPoolExecutor(
+            READ_AHEAD_CALLS, thread_name_prefix="psyche-http-ahead"
+        )
+        # a window is filled half at a time: one fill in flight keeps the cache in its bound
+        self._fill_pool = ThreadPoolExecutor(1, thread_name_prefix="psyche-http-fill")
+        self._ahead: dict[tuple[int, int], Future] = {}  # (start, stop) of a call -> its fetch
         self._ahead_lock = threading.Lock()
         self._last_start: int | None = None
         # servers without multi-range: samples read ahead, by id, until their call takes them
@@ -135,10 +142,9 @@ class HttpDataProvider(ArrayDataProvider):
         key = (ids.start, ids.stop) if isinstance(ids, range) and ids.step == 1 else None
         stride = None if key is None else self._stride(key[0])
         future = None
-        with self._ahead_lock:
-            if self._ahead is not None and key is not None and self._ahead[0] == key:
-                future = self._ahead[1]
-                self._ahead = None
+        if key is not None:
+            with self._ahead_lock:
+                future = self._ahead.pop(key, None)
         batch = None
         if future is not None:
             with contextlib.suppress(Exception):  # read it again below, and let that raise
@@ -147,6 +153,10 @@ class HttpDataProvider(ArrayDataProvider):
             batch = self._read_windowed(ids) if self._windowed() else self._fetch(ids)
         if key is not None:  # fetched while the caller works on this batch
             if self._windowed() and stride is not None:
+                with self._ahead_lock:  # (batches fetched ahead before the server was known)
+                    for future in self._ahead.values():
+                        future.cancel()
+                    self._ahead.clear()
                 self._read_window_ahead(key[0], key[1] - key[0], stride)
             else:  # (a window on a guessed stride could read a cache full of wrong samples)
                 self._read_ahead(key, key[1] - key[0] if stride is None else stride)
@@ -163,18 +173,21 @@ class HttpDataProvider(ArrayDataProvider):
         return stride
 
     def _read_ahead(self, key: tuple[int, int], stride: int) -> None:
-        """Start fetching the batch that probably comes next (same size, same stride)."""
+        """Start fetching the ``READ_AHEAD_CALLS`` batches that probably come next (same size,
+        same stride), and stop those that no longer look likely."""
         start, stop = key
-        if stride <= 0 or stop - start <= 0 or start + stride + (stop - start) > self.num_sequences:
-            return
-        following = (start + stride, stop + stride)
+        following = []
+        if stride > 0 and stop > start:
+            for calls in range(1, READ_AHEAD_CALLS + 1):
+                if stop + calls * stride > self.num_sequences:
+                    break
+                following.append((start + calls * stride, stop + calls * stride))
         with self._ahead_lock:
-            if self._ahead is not None and self._ahead[0] == following:
-                return
-            if self._ahead is not None:
-                self._ahead[1].cancel()
-            future = self._ahead_pool.submit(self._fetch, range(*following))
-            self._ahead = (following, future)
+            for old in [k for k in self._ahead if k not in following]:
+                self._ahead.pop(old).cancel()
+            for coming in following:
+                if coming not in self._ahead:
+                    self._ahead[coming] = self._ahead_pool.submit(self._fetch, range(*coming))
 
     # -- servers without multi-range: many calls' samples per request --------------------------
 
@@ -236,7 +249,7 @@ class HttpDataProvider(ArrayDataProvider):
             ids = [i for i in dict.fromkeys(ids) if i not in self._pending]
             if not ids:
                 return
-            future = self._ahead_pool.submit(self._fill, ids, capacity)
+            future = self._fill_pool.submit(self._fill, ids, capacity)
             for i in ids:
                 self._pending[i] = future
 
@@ -277,13 +290,22 @@ class HttpDataProvider(ArrayDataProvider):
         raw = np.empty((len(unique), length), self.dtype)
         raw_bytes = memoryview(raw).cast("B")
 
-        def request(file: int, ranges: list[tuple[int, int, list[tuple[slice, int, int]]]]):
+        def request(
+            file: int,
+            ranges: list[tuple[int, int, list[tuple[slice, int, int]]]],
+            rows: slice | None,
+        ):
             """Fetch one request's ranges into ``raw`` (so at most ``connections`` answers are
-            held at once); the runs to ask for again when the server answered the whole file."""
+            held at once); the runs to ask for again when the server answered the whole file.
+            ``rows``: the rows of ``raw`` the ranges fill back to back, if they do."""
             wanted = [(s, n) for s, n, _ in ranges]
             bulk = sum(n for _, n in wanted) >= BULK_BYTES
             with self._bulk if bulk else contextlib.nullcontext():
-                answer = self._request(self.urls[file], wanted)
+                if rows is not None:  # the answer lands in place, no copies
+                    into = raw_bytes[rows.start * sample_bytes : rows.stop * sample_bytes]
+                    answer = [] if self._request_into(self.urls[file], wanted, into) else None
+                else:
+                    answer = self._request(self.urls[file], wanted)
             if answer is None:  # no multi-range support after all
                 return [
                     (file, start // size, rows.stop - rows.start, rows)
@@ -308,6 +330,16 @@ class HttpDataProvider(ArrayDataProvider):
             self.bytes_useful += len(unique) * sample_bytes
         return raw, inverse.reshape(-1)
 
+    def _request_into(self, url: str, ranges: list[tuple[int, int]], into: memoryview) -> bool:
+        if len(ranges) == 1:
+            self.client.read(url, *ranges[0], into=into)
+        elif not self.client.read_ranges_into(url, ranges, into):
+            self._multi_range[_origin(url)] = False
+            return False
+        with self._lock:
+            self.bytes_fetched += into.nbytes
+        return True
+
     def _request(self, url: str, ranges: list[tuple[int, int]]) -> list[memoryview] | None:
         if len(ranges) == 1:
             answer = [memoryview(self.client.read(url, *ranges[0]))]
@@ -322,9 +354,10 @@ class HttpDataProvider(ArrayDataProvider):
 
     def _plan(
         self, runs, sample_bytes: int
-    ) -> list[tuple[int, list[tuple[int, int, list[tuple[slice, int, int]]]]]]:
+    ) -> list[tuple[int, list[tuple[int, int, list[tuple[slice, int, int]]]], slice | None]]:
         """The requests for ``runs``: ``(file, [(byte start, byte length, [(rows, offset in the
-        range, bytes)...])...])``.
+        range, bytes)...])...], rows)``, where ``rows`` are the rows the answer fills back to
+        back (None when ranges are read through holes).
 
         Where the server may answer several ranges, a file's runs go ``MIN_RANGES`` to
         ``MAX_RANGES`` per request (at most ``MAX_REQUEST_BYTES``): more, smaller requests would
@@ -339,17 +372,19 @@ class HttpDataProvider(ArrayDataProvider):
         per_request = min(MAX_RANGES, max(MIN_RANGES, -(-len(runs) // self.connections)))
         for file, ranges in by_file.items():
             if self._multi_range.get(_origin(self.urls[file])) is False:
-                requests.extend((file, [merged]) for merged in _read_through(ranges))
+                requests.extend((file, [merged], None) for merged in _read_through(ranges))
                 continue
+            # runs come sorted by file and offset, each its rows of ``raw`` in that order, so
+            # a file's runs fill consecutive rows
             group: list[tuple[int, int, list[tuple[slice, int, int]]]] = []
             size = 0
             for start, length, rows in ranges:
                 if group and (len(group) >= per_request or size + length > MAX_REQUEST_BYTES):
-                    requests.append((file, group))
+                    requests.append((file, group, _rows(group)))
                     group, size = [], 0
                 group.append((start, length, [(rows, 0, length)]))
                 size += length
-            requests.append((file, group))
+            requests.append((file, group, _rows(group)))
         return requests
 
     def describe(self) -> str:
@@ -365,14 +400,15 @@ class HttpDataProvider(ArrayDataProvider):
         their time)."""
         with self._lock:
             futures = set(self._pending.values())
-            if self._ahead is not None:
-                futures.add(self._ahead[1])
+            with self._ahead_lock:
+                futures.update(self._ahead.values())
         for future in futures:
             with contextlib.suppress(Exception):  # its call fetches again, and raises
                 future.result()
 
     def close(self) -> None:
         self._ahead_pool.shutdown(wait=True, cancel_futures=True)
+        self._fill_pool.shutdown(wait=True, cancel_futures=True)
         self.client.close()
         self._store.clear()
         if self.bytes_fetched > self.bytes_useful > 0:
@@ -383,6 +419,17 @@ class HttpDataProvider(ArrayDataProvider):
                 self.bytes_useful / 1e6,
                 self.bytes_fetched / self.bytes_useful,
             )
+
+
+def _rows(group: list[tuple[int, int, list[tuple[slice, int, int]]]]) -> slice | None:
+    """The rows of ``raw`` a request's whole-sample ranges fill, when they follow each other."""
+    rows = slice(group[0][2][0][0].start, group[-1][2][0][0].stop)
+    expected = rows.start
+    for _, _, ((piece, _, _),) in group:
+        if piece.start != expected:
+            return None
+        expected = piece.stop
+    return rows
 
 
 def _origin(url: str) -> str:

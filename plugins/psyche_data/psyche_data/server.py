@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
 import re
 import socket
@@ -26,6 +27,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from psyche_core.errors import PsycheError
+from psyche_data.fetch import CONCATENATED
 from psyche_data.local import walk_data_files
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,21 @@ def _each_range(parts: list[str], size: int) -> list[tuple[int, int]] | str | No
         if one != "unsatisfiable":
             ranges.append(one)
     return ranges or "unsatisfiable"
+
+
+def whole_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
+    """The ranges of a ``Range`` header of plain ``first-last`` pairs when every one lies
+    whole inside a ``size``-byte file (what psyche's client asks for); else None."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or spec.count(",") >= MAX_RANGES:
+        return None
+    if not _EXPLICIT_RANGES.fullmatch(spec):
+        return None
+    numbers = list(map(int, _RANGE_SEPARATORS.split(spec)))
+    firsts, lasts = numbers[::2], numbers[1::2]
+    if max(lasts) >= size or not all(map(operator.le, firsts, lasts)):
+        return None
+    return list(zip(firsts, lasts))
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
@@ -195,7 +212,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         with file:
             size = os.fstat(file.fileno()).st_size
-            wanted = self._wanted(self.headers.get("Range"), size)
+            header = self.headers.get("Range")
+            if self._asks_concatenated(header):
+                whole = whole_ranges(header, size)
+                if whole is not None:
+                    self._send_concatenated(file, whole, body)
+                    return
+            wanted = self._wanted(header, size)
             if isinstance(wanted, list):
                 self._send_parts(file, wanted, size, body)
                 return
@@ -247,6 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", f"multipart/byteranges; boundary={BOUNDARY}")
         self.send_header("Content-Length", str(length))
+        self.send_header("Vary", "Accept")
         fd = file.fileno()
         if body and length <= _GATHER_BYTES and all(b - a < _CHUNK for a, b in ranges):
             self.wfile.write(_gather(fd, self._finished_headers(), heads, ranges, tail, length))
@@ -270,6 +294,43 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(out)
                 out = bytearray()
         self.wfile.write(out + tail)
+
+    def _asks_concatenated(self, header: str | None) -> bool:
+        """Whether the client asked for several ranges and takes them back to back."""
+        return (
+            header is not None
+            and "," in header
+            and self.server.multi_range
+            and self.server.concatenated
+            and CONCATENATED in self.headers.get("Accept", "")
+        )
+
+    def _send_concatenated(self, file, ranges: list[tuple[int, int]], body: bool) -> None:
+        """The ``ranges`` back to back, in the order asked, no part headers."""
+        length = sum(last for _, last in ranges) - sum(first for first, _ in ranges) + len(ranges)
+        self.send_response(HTTPStatus.PARTIAL_CONTENT)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Type", CONCATENATED)
+        self.send_header("Content-Length", str(length))
+        self.send_header("Vary", "Accept")
+        if body and length <= _GATHER_BYTES:  # headers and ranges in one buffer, one write
+            head = self._finished_headers()
+            out = bytearray(len(head) + length)
+            view = memoryview(out)
+            view[: len(head)] = head
+            at = len(head)
+            fd = file.fileno()
+            for first, last in ranges:
+                end = at + last - first + 1
+                if os.preadv(fd, [view[at:end]], first) != end - at:
+                    raise ConnectionAbortedError("the file shrank while it was being served")
+                at = end
+            self.wfile.write(out)
+            return
+        self.end_headers()
+        if body:
+            for first, last in ranges:
+                self.connection.sendfile(file, first, last - first + 1)
 
     def _finished_headers(self) -> bytes:
         """The answer's headers, ended, as bytes to go out in the same write as the body (one
@@ -335,9 +396,12 @@ class DataServer(ThreadingHTTPServer):
         host: str = "127.0.0.1",
         port: int = 0,
         multi_range: bool = True,
+        concatenated: bool = True,
     ):
         self.root = Path(root)
         self.multi_range = multi_range  # False: stand in for a server without multi-range
+        # False: multipart answers only, even to psyche's client (for benchmarks and tests)
+        self.concatenated = concatenated
         if not self.root.is_dir():
             raise PsycheError(f"cannot serve {str(root)!r}: not a folder")
         self.real_root = os.path.realpath(self.root)
@@ -390,12 +454,17 @@ class DataServer(ThreadingHTTPServer):
 
 
 def start_server(
-    root: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 0, multi_range: bool = True
+    root: str | os.PathLike[str],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    multi_range: bool = True,
+    concatenated: bool = True,
 ) -> tuple[DataServer, int]:
     """Serve ``root`` in the background: ``(server, port)``; ``server.close()`` stops it.
     ``multi_range=False`` answers a request for several ranges with the whole file, like a
-    plain static server."""
-    server = DataServer(root, host, port, multi_range).start()
+    plain static server; ``concatenated=False`` answers them as multipart even to psyche's
+    client."""
+    server = DataServer(root, host, port, multi_range, concatenated).start()
     return server, server.port
 
 
