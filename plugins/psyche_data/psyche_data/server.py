@@ -194,7 +194,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(body=True)
 
     def log_message(self, format: str, *args: object) -> None:
-        logger.debug("%s %s", self.address_string(), format % args)
+        if logger.isEnabledFor(logging.DEBUG):  # (called for every request: format only if shown)
+            logger.debug("%s %s", self.address_string(), format % args)
 
     def _serve(self, body: bool) -> None:
         path = unquote(urlsplit(self.path).path)
