@@ -5,10 +5,11 @@ same files and seed give the same samples. A batch's samples are fetched togethe
 
 1. samples that sit next to each other in one file (an unshuffled run) become one range;
 2. a file's ranges go out several per request (``Range: bytes=a-b,c-d,...``, answered as
-   ``multipart/byteranges``) where the server supports it, else one request per range;
+   ``multipart/byteranges``, or by ``psyche data serve`` back to back, read straight into the
+   batch) where the server supports it, else one request per range;
 3. the requests run concurrently on kept-alive connections;
-4. while the caller works on a batch, the next one (guessed from the stride between the last
-   two calls) is already being fetched.
+4. while the caller works on a batch, the next two (guessed from the stride between the last
+   two calls) are already being fetched.
 
 A server that answers a multi-range request with the whole file (a plain static server, a CDN)
 is noticed on its first such answer, whose body is dropped unread, and remembered per origin.

@@ -3,11 +3,12 @@
 It answers ``GET`` and ``HEAD`` with byte ranges (``bytes=a-b``, ``bytes=a-``, ``bytes=-n``;
 206 with ``Content-Range``, 416 when unsatisfiable), several at once as a standard
 ``multipart/byteranges`` answer (``bytes=0-9,100-199``: one part per range, in the order
-asked), keeps connections alive, and
-never serves anything outside its folder (``..``, absolute paths, hidden files and symlinks that
-lead out are refused). ``GET /`` returns a JSON index of the data files,
-``{"files": [{"path": "a.ds", "size": 123}, ...]}``, in the order the ``local`` provider reads
-them, which is how the ``http`` provider reads a whole served folder from one URL.
+asked), or, to a client that asks for it with ``Accept`` (psyche's own), as the ranges' bytes
+back to back; keeps connections alive, and never serves anything outside its folder (``..``,
+absolute paths, hidden files and symlinks that lead out are refused). ``GET /`` returns a JSON
+index of the data files, ``{"files": [{"path": "a.ds", "size": 123}, ...]}``, in the order the
+``local`` provider reads them, which is how the ``http`` provider reads a whole served folder
+from one URL.
 """
 
 from __future__ import annotations
