@@ -271,3 +271,24 @@ def test_psyche_clients_get_whole_ranges_back_to_back(tmp_path):
         assert answer.headers["content-type"].startswith("multipart/byteranges")
     finally:
         server.close()
+
+
+def test_a_large_answer_to_psyche_clients_is_multipart(tmp_path, monkeypatch):
+    """Back-to-back answers are built in memory; past that size the multipart answer, which
+    sends large parts from the file, is used."""
+    import psyche_data.server
+    from psyche_data.fetch import CONCATENATED
+
+    data = bytes(range(256)) * 8
+    (tmp_path / "a.ds").write_bytes(data)
+    monkeypatch.setattr(psyche_data.server, "_GATHER_BYTES", 100)
+    server, port = start_server(tmp_path)
+    try:
+        url = f"http://127.0.0.1:{port}/a.ds"
+        headers = {"Accept": CONCATENATED}
+        small = httpx.get(url, headers={"Range": "bytes=0-49,100-149", **headers})
+        assert small.headers["content-type"] == CONCATENATED
+        large = httpx.get(url, headers={"Range": "bytes=0-49,100-150", **headers})
+        assert large.headers["content-type"].startswith("multipart/byteranges")
+    finally:
+        server.close()

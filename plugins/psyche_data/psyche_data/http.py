@@ -155,8 +155,8 @@ class HttpDataProvider(ArrayDataProvider):
         if key is not None:  # fetched while the caller works on this batch
             if self._windowed() and stride is not None:
                 with self._ahead_lock:  # (batches fetched ahead before the server was known)
-                    for future in self._ahead.values():
-                        future.cancel()
+                    for stale in self._ahead.values():
+                        stale.cancel()
                     self._ahead.clear()
                 self._read_window_ahead(key[0], key[1] - key[0], stride)
             else:  # (a window on a guessed stride could read a cache full of wrong samples)

@@ -103,6 +103,11 @@ def whole_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
     return list(zip(firsts, lasts))
 
 
+def _total(ranges: list[tuple[int, int]]) -> int:
+    """The bytes in inclusive ``(first, last)`` ranges."""
+    return sum(last for _, last in ranges) - sum(first for first, _ in ranges) + len(ranges)
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     """The inclusive byte range a ``Range`` header asks of a ``size``-byte file.
 
@@ -217,7 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
             header = self.headers.get("Range")
             if self._asks_concatenated(header):
                 whole = whole_ranges(header, size)
-                if whole is not None:
+                if whole is not None and _total(whole) <= _GATHER_BYTES:
                     self._send_concatenated(file, whole, body)
                     return
             wanted = self._wanted(header, size)
@@ -308,31 +313,30 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _send_concatenated(self, file, ranges: list[tuple[int, int]], body: bool) -> None:
-        """The ``ranges`` back to back, in the order asked, no part headers."""
-        length = sum(last for _, last in ranges) - sum(first for first, _ in ranges) + len(ranges)
+        """The ``ranges`` back to back, in the order asked, no part headers, read into one
+        buffer with the headers for one write (at most ``_GATHER_BYTES``; larger answers are
+        multipart, which sends big parts from the file)."""
+        length = _total(ranges)
         self.send_response(HTTPStatus.PARTIAL_CONTENT)
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", CONCATENATED)
         self.send_header("Content-Length", str(length))
         self.send_header("Vary", "Accept")
-        if body and length <= _GATHER_BYTES:  # headers and ranges in one buffer, one write
-            head = self._finished_headers()
-            out = bytearray(len(head) + length)
-            view = memoryview(out)
-            view[: len(head)] = head
-            at = len(head)
-            fd = file.fileno()
-            for first, last in ranges:
-                end = at + last - first + 1
-                if os.preadv(fd, [view[at:end]], first) != end - at:
-                    raise ConnectionAbortedError("the file shrank while it was being served")
-                at = end
-            self.wfile.write(out)
+        if not body:
+            self.end_headers()
             return
-        self.end_headers()
-        if body:
-            for first, last in ranges:
-                self.connection.sendfile(file, first, last - first + 1)
+        head = self._finished_headers()
+        out = bytearray(len(head) + length)
+        view = memoryview(out)
+        view[: len(head)] = head
+        at = len(head)
+        fd = file.fileno()
+        for first, last in ranges:
+            end = at + last - first + 1
+            if os.preadv(fd, [view[at:end]], first) != end - at:
+                raise ConnectionAbortedError("the file shrank while it was being served")
+            at = end
+        self.wfile.write(out)
 
     def _finished_headers(self) -> bytes:
         """The answer's headers, ended, as bytes to go out in the same write as the body (one
