@@ -117,6 +117,4 @@ def test_a_model_without_a_tensor_parallel_plan_is_refused_at_t2(tmp_path, plugi
 
 def test_an_optimizer_that_cannot_update_shards_is_refused(tmp_path, plugins):
     with pytest.raises(PsycheError, match="cannot update sharded parameters"):
-        run.train(
-            options(tmp_path, optimizer="toy-sgd", data_parallelism=2, fsdp=True), plugins
-        )
+        run.train(options(tmp_path, optimizer="toy-sgd", data_parallelism=2, fsdp=True), plugins)

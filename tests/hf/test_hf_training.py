@@ -122,9 +122,7 @@ def test_data_parallel_peers_as_threads_and_processes_train_alike(plugins, tmp_p
 
 def test_distro_flag_with_two_thread_peers(plugins, tmp_path):
     flags = {"model": "hf:mistral-tiny", "distro": True, "total_steps": 3}
-    run.train(
-        options(plugins, tmp_path, peers=2, dp_backend="threads", **flags), plugins
-    )
+    run.train(options(plugins, tmp_path, peers=2, dp_backend="threads", **flags), plugins)
     assert all(math.isfinite(x) for x in losses(tmp_path))
 
 
