@@ -13,15 +13,16 @@ from one URL.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-import operator
 import os
 import re
 import socket
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -53,21 +54,34 @@ def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | str |
     """
     if not header:
         return None
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or not spec.strip():
-        return None
-    if spec.count(",") >= MAX_RANGES:
+    spec = _range_spec(header)
+    if spec is None:
         return None
     if _EXPLICIT_RANGES.fullmatch(spec):
         return _explicit_ranges(spec, size)
     return _each_range(spec.split(","), size)
 
 
-def _explicit_ranges(spec: str, size: int) -> list[tuple[int, int]] | str | None:
-    """``parse_ranges`` of ``first-last,first-last,...``, what range clients send: one split
-    instead of a regex match per range (a shuffled batch asks for hundreds)."""
+def _range_spec(header: str) -> str | None:
+    """What follows ``bytes=`` in a ``Range`` header; None where the whole file is sent
+    (another unit, nothing asked, more than ``MAX_RANGES``)."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or not spec.strip() or spec.count(",") >= MAX_RANGES:
+        return None
+    return spec
+
+
+def _explicit_pairs(spec: str) -> list[tuple[int, int]]:
+    """The ``(first, last)`` pairs of a spec of plain ``first-last,first-last,...``, what range
+    clients send: one split instead of a regex match per range (a shuffled batch asks for
+    hundreds)."""
     numbers = list(map(int, _RANGE_SEPARATORS.split(spec)))
-    pairs = list(zip(numbers[::2], numbers[1::2]))
+    return list(zip(numbers[::2], numbers[1::2]))
+
+
+def _explicit_ranges(spec: str, size: int) -> list[tuple[int, int]] | str | None:
+    """``parse_ranges`` of a spec of plain ``first-last`` pairs."""
+    pairs = _explicit_pairs(spec)
     if any(last < first for first, last in pairs):
         return None  # malformed: the whole file, as for any malformed range
     ranges = [(first, min(last, size - 1)) for first, last in pairs if first < size]
@@ -91,16 +105,13 @@ def _each_range(parts: list[str], size: int) -> list[tuple[int, int]] | str | No
 def whole_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
     """The ranges of a ``Range`` header of plain ``first-last`` pairs when every one lies
     whole inside a ``size``-byte file (what psyche's client asks for); else None."""
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or spec.count(",") >= MAX_RANGES:
+    spec = _range_spec(header)
+    if spec is None or not _EXPLICIT_RANGES.fullmatch(spec):
         return None
-    if not _EXPLICIT_RANGES.fullmatch(spec):
+    pairs = _explicit_pairs(spec)
+    if any(last < first or last >= size for first, last in pairs):
         return None
-    numbers = list(map(int, _RANGE_SEPARATORS.split(spec)))
-    firsts, lasts = numbers[::2], numbers[1::2]
-    if max(lasts) >= size or not all(map(operator.le, firsts, lasts)):
-        return None
-    return list(zip(firsts, lasts))
+    return pairs
 
 
 def _total(ranges: list[tuple[int, int]]) -> int:
@@ -158,22 +169,20 @@ def _inside(real: str, real_root: str) -> bool:
 def _gather(
     fd: int,
     prefix: bytes,
-    heads: list[bytes],
     ranges: list[tuple[int, int]],
-    tail: bytes,
     length: int,
+    heads: Iterable[bytes] = itertools.repeat(b""),
+    tail: bytes = b"",
 ) -> bytearray:
-    """The answer's ``prefix`` (its headers) and its ``length``-byte multipart body in one
-    buffer, each part read straight into its place (a shuffled batch is hundreds of 4 KiB
-    parts: one write, no per-part copies)."""
+    """The answer's ``prefix`` (its headers) and its ``length``-byte body in one buffer: each
+    range read straight into its place after its head (a multipart part's; none for ranges back
+    to back), then ``tail``. A shuffled batch is hundreds of 4 KiB ranges: one write, no
+    per-range copies."""
     body = bytearray(len(prefix) + length)
     view = memoryview(body)
     view[: len(prefix)] = prefix
     at = len(prefix)
-    for number, (head, (first, last)) in enumerate(zip(heads, ranges)):
-        if number:
-            view[at : at + 2] = b"\r\n"
-            at += 2
+    for head, (first, last) in zip(heads, ranges):
         view[at : at + len(head)] = head
         at += len(head)
         count = last - first + 1
@@ -264,15 +273,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_parts(self, file, ranges: list[tuple[int, int]], size: int, body: bool) -> None:
         """A ``multipart/byteranges`` answer, one part per range."""
         heads = [
-            (
+            (b"\r\n" if number else b"")  # a CRLF before every boundary after the first
+            + (
                 f"--{BOUNDARY}\r\nContent-Type: application/octet-stream\r\n"
                 f"Content-Range: bytes {first}-{last}/{size}\r\n\r\n"
             ).encode()
-            for first, last in ranges
+            for number, (first, last) in enumerate(ranges)
         ]
         tail = f"\r\n--{BOUNDARY}--\r\n".encode()
-        length = sum(len(h) for h in heads) + sum(b - a + 1 for a, b in ranges)
-        length += 2 * (len(ranges) - 1) + len(tail)  # a CRLF before every boundary after the first
+        length = sum(len(h) for h in heads) + _total(ranges) + len(tail)
         self.send_response(HTTPStatus.PARTIAL_CONTENT)
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", f"multipart/byteranges; boundary={BOUNDARY}")
@@ -280,7 +289,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Vary", "Accept")
         fd = file.fileno()
         if body and length <= _GATHER_BYTES and all(b - a < _CHUNK for a, b in ranges):
-            self.wfile.write(_gather(fd, self._finished_headers(), heads, ranges, tail, length))
+            self.wfile.write(_gather(fd, self._finished_headers(), ranges, length, heads, tail))
             return
         self.end_headers()
         if not body:
@@ -288,8 +297,8 @@ class _Handler(BaseHTTPRequestHandler):
         # small parts are gathered into ~1 MiB writes (a syscall per 4 KiB sample would cost
         # more than the copy); large ones go out with sendfile
         out = bytearray()
-        for number, (head, (first, last)) in enumerate(zip(heads, ranges)):
-            out += (b"\r\n" if number else b"") + head
+        for head, (first, last) in zip(heads, ranges):
+            out += head
             count = last - first + 1
             if count > _CHUNK:
                 self.wfile.write(out)
@@ -325,18 +334,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not body:
             self.end_headers()
             return
-        head = self._finished_headers()
-        out = bytearray(len(head) + length)
-        view = memoryview(out)
-        view[: len(head)] = head
-        at = len(head)
-        fd = file.fileno()
-        for first, last in ranges:
-            end = at + last - first + 1
-            if os.preadv(fd, [view[at:end]], first) != end - at:
-                raise ConnectionAbortedError("the file shrank while it was being served")
-            at = end
-        self.wfile.write(out)
+        self.wfile.write(_gather(file.fileno(), self._finished_headers(), ranges, length))
 
     def _finished_headers(self) -> bytes:
         """The answer's headers, ended, as bytes to go out in the same write as the body (one
