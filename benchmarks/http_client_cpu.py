@@ -59,7 +59,9 @@ def psyche_reader(client: RangeClient):
     def read(url: str, ranges: list[tuple[int, int]]) -> list[memoryview]:
         if len(ranges) == 1:
             return [memoryview(client.read(url, *ranges[0]))]
-        return client.read_ranges(url, ranges)
+        into = memoryview(bytearray(sum(length for _, length in ranges)))
+        client.read_ranges_into(url, ranges, into)
+        return [into]
 
     return read
 

@@ -130,21 +130,6 @@ class RangeClient:
                 )
             return _read_exactly(r, length, deadline, "asked for", into)
 
-    def read_ranges(self, url: str, ranges: Sequence[tuple[int, int]]) -> list[memoryview] | None:
-        """Exactly the bytes of each ``(start, length)`` of ``url``, in one multi-range request.
-
-        Returns None when the server does not answer several ranges at once (it sent the whole
-        file, or fewer ranges than asked); the caller then asks for them one by one.
-        """
-        into = memoryview(bytearray(sum(length for _, length in ranges)))
-        if not self.read_ranges_into(url, ranges, into):
-            return None
-        views, at = [], 0
-        for _, length in ranges:
-            views.append(into[at : at + length])
-            at += length
-        return views
-
     def read_ranges_into(
         self, url: str, ranges: Sequence[tuple[int, int]], into: memoryview
     ) -> bool:

@@ -298,24 +298,26 @@ class HttpDataProvider(ArrayDataProvider):
         ):
             """Fetch one request's ranges into ``raw`` (so at most ``connections`` answers are
             held at once); the runs to ask for again when the server answered the whole file.
-            ``rows``: the rows of ``raw`` the ranges fill back to back, if they do."""
+            ``rows``: the rows of ``raw`` the ranges fill back to back, or None for one range
+            read through the gaps between its samples."""
+            url = self.urls[file]
             wanted = [(s, n) for s, n, _ in ranges]
             bulk = sum(n for _, n in wanted) >= BULK_BYTES
             with self._bulk if bulk else contextlib.nullcontext():
-                if rows is not None:  # the answer lands in place, no copies
-                    into = raw_bytes[rows.start * sample_bytes : rows.stop * sample_bytes]
-                    answer = [] if self._request_into(self.urls[file], wanted, into) else None
-                else:
-                    answer = self._request(self.urls[file], wanted)
-            if answer is None:  # no multi-range support after all
-                return [
-                    (file, start // size, rows.stop - rows.start, rows)
-                    for start, _, pieces in ranges
-                    for rows, _, _ in pieces
-                ]
-            for (_, _, pieces), data in zip(ranges, answer):
-                for rows, at, n in pieces:
-                    first = rows.start * sample_bytes
+                if rows is None:
+                    ((start, count, pieces),) = ranges
+                    data = memoryview(self.client.read(url, start, count))
+                elif not self._read_into(url, wanted, raw_bytes, rows, sample_bytes):
+                    return [  # no multi-range support after all
+                        (file, start // size, rows.stop - rows.start, rows)
+                        for start, _, pieces in ranges
+                        for rows, _, _ in pieces
+                    ]
+            with self._lock:
+                self.bytes_fetched += sum(n for _, n in wanted)
+            if rows is None:  # only the wanted samples are kept
+                for piece, at, n in pieces:
+                    first = piece.start * sample_bytes
                     raw_bytes[first : first + n] = data[at : at + n]
             return []
 
@@ -331,27 +333,25 @@ class HttpDataProvider(ArrayDataProvider):
             self.bytes_useful += len(unique) * sample_bytes
         return raw, inverse.reshape(-1)
 
-    def _request_into(self, url: str, ranges: list[tuple[int, int]], into: memoryview) -> bool:
+    def _read_into(
+        self,
+        url: str,
+        ranges: list[tuple[int, int]],
+        raw_bytes: memoryview,
+        rows: slice,
+        sample_bytes: int,
+    ) -> bool:
+        """Read ``ranges`` of ``url`` straight into ``rows`` of the batch, which they fill back
+        to back; False (and the origin remembered) when the server does not answer several
+        ranges at once."""
+        into = raw_bytes[rows.start * sample_bytes : rows.stop * sample_bytes]
         if len(ranges) == 1:
             self.client.read(url, *ranges[0], into=into)
-        elif not self.client.read_ranges_into(url, ranges, into):
-            self._multi_range[_origin(url)] = False
-            return False
-        with self._lock:
-            self.bytes_fetched += into.nbytes
-        return True
-
-    def _request(self, url: str, ranges: list[tuple[int, int]]) -> list[memoryview] | None:
-        if len(ranges) == 1:
-            answer = [memoryview(self.client.read(url, *ranges[0]))]
-        else:
-            answer = self.client.read_ranges(url, ranges)
-        if answer is None:
-            self._multi_range[_origin(url)] = False
-        else:
-            with self._lock:
-                self.bytes_fetched += sum(n for _, n in ranges)
-        return answer
+            return True
+        if self.client.read_ranges_into(url, ranges, into):
+            return True
+        self._multi_range[_origin(url)] = False
+        return False
 
     def _plan(
         self, runs, sample_bytes: int
@@ -376,16 +376,19 @@ class HttpDataProvider(ArrayDataProvider):
                 requests.extend((file, [merged], None) for merged in _read_through(ranges))
                 continue
             # runs come sorted by file and offset, each its rows of ``raw`` in that order, so
-            # a file's runs fill consecutive rows
+            # a request's runs fill consecutive rows, from its first run's to its last run's
             group: list[tuple[int, int, list[tuple[slice, int, int]]]] = []
-            size = 0
+            size = first_row = last_row = 0
             for start, length, rows in ranges:
                 if group and (len(group) >= per_request or size + length > MAX_REQUEST_BYTES):
-                    requests.append((file, group, _rows(group)))
+                    requests.append((file, group, slice(first_row, last_row)))
                     group, size = [], 0
+                if not group:
+                    first_row = rows.start
                 group.append((start, length, [(rows, 0, length)]))
                 size += length
-            requests.append((file, group, _rows(group)))
+                last_row = rows.stop
+            requests.append((file, group, slice(first_row, last_row)))
         return requests
 
     def describe(self) -> str:
@@ -420,17 +423,6 @@ class HttpDataProvider(ArrayDataProvider):
                 self.bytes_useful / 1e6,
                 self.bytes_fetched / self.bytes_useful,
             )
-
-
-def _rows(group: list[tuple[int, int, list[tuple[slice, int, int]]]]) -> slice | None:
-    """The rows of ``raw`` a request's whole-sample ranges fill, when they follow each other."""
-    rows = slice(group[0][2][0][0].start, group[-1][2][0][0].stop)
-    expected = rows.start
-    for _, _, ((piece, _, _),) in group:
-        if piece.start != expected:
-            return None
-        expected = piece.stop
-    return rows
 
 
 def _origin(url: str) -> str:
