@@ -156,10 +156,18 @@ class DeepseekV3Experts(nn.Module):
         n_tokens, top_k = indices.shape
         order = indices.view(-1).argsort(stable=True)  # (N*k,) slots grouped by expert
         tokens = order // top_k
-        h = x.index_select(0, tokens)  # (N*k, H) tokens by expert; backward: index_add
-        h = grouped_linear(h, self.gate_up_proj, counts)  # (N*k, 2I)
+        inputs, gate_up_proj, down_proj = x, self.gate_up_proj, self.down_proj
+        if torch.is_autocast_enabled(x.device.type):
+            # autocast leaves grouped_mm in float32 (it is on none of autocast's op lists); the
+            # experts are linear layers, so bf16-mixed runs them in bf16 like every other one
+            compute = torch.get_autocast_dtype(x.device.type)
+            inputs, gate_up_proj, down_proj = (
+                t.to(compute) for t in (inputs, gate_up_proj, down_proj)
+            )
+        h = inputs.index_select(0, tokens)  # (N*k, H) tokens by expert; backward: index_add
+        h = grouped_linear(h, gate_up_proj, counts)  # (N*k, 2I)
         gate, up = h.chunk(2, dim=-1)
-        h = grouped_linear(self.act_fn(gate) * up, self.down_proj, counts)  # (N*k, H)
+        h = grouped_linear(self.act_fn(gate) * up, down_proj, counts)  # (N*k, H)
         h = h * weights.view(-1)[order].unsqueeze(-1)  # float32 routing weights
         # Summed per token in float32, as transformers does. index_add is deterministic on the
         # CPU only; elsewhere un-sort the slots (order is a permutation) and sum.
