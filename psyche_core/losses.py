@@ -105,7 +105,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # eager softmax runs in float32: a float32 copy of lower-precision logits
         probs_buffer = None
         if not compiled and hidden.dtype != torch.float32:
-            probs_buffer = logits_buffer.float()
+            probs_buffer = torch.empty_like(logits_buffer, dtype=torch.float32)
         part_buffer = None  # (vocab, hidden) weight-gradient product in the compute dtype
         for start in range(0, hidden.shape[0], rows):
             h = hidden[start : start + rows]
@@ -161,10 +161,9 @@ def _softmax_grad_eager_(
 ) -> tuple[Tensor, Tensor]:
     """Eager ``_softmax_grad_``: row losses and ``softmax - one_hot`` in the logits' dtype
     (written over ``logits``), the softmax done in place in float32."""
-    n = logits.shape[0]
-    probs = logits if probs_buffer is None else probs_buffer[:n].copy_(logits)
-    picked = probs.gather(1, target)
-    torch.softmax(probs, dim=-1, out=probs)  # in place: one pass, no copy
+    picked = logits.gather(1, target).float()
+    probs = logits if probs_buffer is None else probs_buffer[: logits.shape[0]]
+    torch.softmax(logits, dim=-1, dtype=probs.dtype, out=probs)  # float32 math, one pass
     loss = -probs.gather(1, target).log()
     # A target probability below float32's normal range (a loss of ~87 nats) loses
     # precision; such rows, if any, get an exact log-sum-exp from their logits.
