@@ -120,7 +120,16 @@ def _use_grouped_mm(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if x.device.type == "cpu":  # the CPU kernel wants 16-byte aligned operands
         return x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0
-    if x.device.type != "cuda" or not x.dtype == weight.dtype == torch.bfloat16:
+    return _bf16_grouped_mm(x, weight)
+
+
+def _bf16_grouped_mm(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether grouped_mm has a bf16 kernel for these operands: on the CPU, or CUDA SM80+."""
+    if not x.dtype == weight.dtype == torch.bfloat16:
+        return False
+    if x.device.type == "cpu":
+        return True
+    if x.device.type != "cuda":
         return False
     return torch.cuda.get_device_capability(x.device) >= (8, 0)  # the CUDA kernel: bf16, SM80+
 
@@ -128,9 +137,26 @@ def _use_grouped_mm(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Rows of ``x`` sorted by group, ``counts[e]`` rows for group ``e``; row r of group e is
     multiplied by ``weight[e].T`` (``weight`` ``(E, out, in)``)."""
+    # Under --compile grouped_mm is traced in bf16 only (its shape check wants bf16 on every
+    # device; compiled buffers are aligned). Otherwise this one call runs eager: dynamo can
+    # neither read data pointers nor split by row counts that change every step.
+    compiling = torch.compiler.is_compiling() and hasattr(F, "grouped_mm")
+    if compiling and _bf16_grouped_mm(x, weight):
+        return _grouped_mm(x, weight, counts)
+    return _grouped_linear_eager(x, weight, counts)
+
+
+def _grouped_mm(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    offsets = counts.cumsum(0, dtype=torch.int32)
+    return F.grouped_mm(x, weight.transpose(-2, -1), offs=offsets)
+
+
+@torch.compiler.disable
+def _grouped_linear_eager(
+    x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor
+) -> torch.Tensor:
     if _use_grouped_mm(x, weight):
-        offsets = counts.cumsum(0, dtype=torch.int32)
-        return F.grouped_mm(x, weight.transpose(-2, -1), offs=offsets)
+        return _grouped_mm(x, weight, counts)
     chunks = x.split(counts.tolist())
     return torch.cat([F.linear(chunk, weight[e]) for e, chunk in enumerate(chunks)])
 
@@ -146,9 +172,6 @@ class DeepseekV3Experts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(experts, hidden, inner))
         self.act_fn = ACTIVATIONS[config.hidden_act]
 
-    # --compile runs the experts eager: their row counts change every step, which dynamo would
-    # otherwise recompile for (and the CPU alignment check reads data pointers).
-    @torch.compiler.disable
     def forward(
         self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, counts: torch.Tensor
     ) -> torch.Tensor:
@@ -170,8 +193,9 @@ class DeepseekV3Experts(nn.Module):
         h = grouped_linear(self.act_fn(gate) * up, down_proj, counts)  # (N*k, H)
         h = h * weights.view(-1)[order].unsqueeze(-1)  # float32 routing weights
         # Summed per token in float32, as transformers does. index_add is deterministic on the
-        # CPU only; elsewhere un-sort the slots (order is a permutation) and sum.
-        if h.device.type in DETERMINISTIC_INDEX_ADD:
+        # CPU only, and eager only (compiled it becomes atomic adds); elsewhere un-sort the
+        # slots (order is a permutation) and sum.
+        if h.device.type in DETERMINISTIC_INDEX_ADD and not torch.compiler.is_compiling():
             out = h.new_zeros(n_tokens, h.shape[-1]).index_add(0, tokens, h)
         else:
             out = h.new_empty(h.shape).index_copy(0, order, h).view(n_tokens, top_k, -1).sum(1)
@@ -216,7 +240,10 @@ class DeepseekV3MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])  # (N, H)
         weights, indices = self.gate(flat)
-        counts = torch.bincount(indices.view(-1), minlength=self.gate.num_experts)
+        slots = indices.view(-1)  # counted into a fixed size, which --compile can trace
+        counts = slots.new_zeros(self.gate.num_experts).scatter_add_(
+            0, slots, torch.ones_like(slots)
+        )
         if self.training and torch.is_grad_enabled():
             self.gate.expert_load += counts
         out = self.experts(flat, indices, weights, counts)
