@@ -20,6 +20,7 @@ step :func:`balance_step` moves each bias by ``rate * sign(mean load - load)``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -31,6 +32,12 @@ from psyche_deepseek.config import DeepseekV2Config
 
 # Devices where index_add sums duplicate indices in a fixed order (CUDA uses atomics).
 DETERMINISTIC_INDEX_ADD = {"cpu"}
+# Devices where the routed experts run in the autocast dtype under autocast (bf16-mixed).
+# Autocast casts no grouped_mm, so the experts cast for themselves, except on the CPU: there
+# oneDNN builds and keeps a bfloat16 kernel for every new row count, and routed row counts
+# change every step (the tiny DeepSeek-V3's resident memory grew by 1 GB over 40 bf16 steps,
+# against none in float32). On the CPU they stay float32, as transformers' experts do.
+AUTOCAST_EXPERTS = {"cuda"}
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
@@ -180,17 +187,21 @@ class DeepseekV3Experts(nn.Module):
         order = indices.view(-1).argsort(stable=True)  # (N*k,) slots grouped by expert
         tokens = order // top_k
         inputs, gate_up_proj, down_proj = x, self.gate_up_proj, self.down_proj
-        if torch.is_autocast_enabled(x.device.type):
-            # autocast leaves grouped_mm in float32 (it is on none of autocast's op lists); the
-            # experts are linear layers, so bf16-mixed runs them in bf16 like every other one
-            compute = torch.get_autocast_dtype(x.device.type)
-            inputs, gate_up_proj, down_proj = (
-                t.to(compute) for t in (inputs, gate_up_proj, down_proj)
-            )
-        h = inputs.index_select(0, tokens)  # (N*k, H) tokens by expert; backward: index_add
-        h = grouped_linear(h, gate_up_proj, counts)  # (N*k, 2I)
-        gate, up = h.chunk(2, dim=-1)
-        h = grouped_linear(self.act_fn(gate) * up, down_proj, counts)  # (N*k, H)
+        device_type = x.device.type
+        precision = contextlib.nullcontext()
+        if torch.is_autocast_enabled(device_type):
+            if device_type in AUTOCAST_EXPERTS:
+                compute = torch.get_autocast_dtype(device_type)
+                inputs, gate_up_proj, down_proj = (
+                    t.to(compute) for t in (inputs, gate_up_proj, down_proj)
+                )
+            else:  # float32 on every dispatch path (autocast would cast the loop's F.linear)
+                precision = torch.autocast(device_type, enabled=False)
+        with precision:
+            h = inputs.index_select(0, tokens)  # (N*k, H) tokens by expert; backward: index_add
+            h = grouped_linear(h, gate_up_proj, counts)  # (N*k, 2I)
+            gate, up = h.chunk(2, dim=-1)
+            h = grouped_linear(self.act_fn(gate) * up, down_proj, counts)  # (N*k, H)
         h = h * weights.view(-1)[order].unsqueeze(-1)  # float32 routing weights
         # Summed per token in float32, as transformers does. index_add is deterministic on the
         # CPU only, and eager only (compiled it becomes atomic adds); elsewhere un-sort the

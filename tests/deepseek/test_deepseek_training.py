@@ -225,13 +225,18 @@ def test_dispatch_fallbacks_match(path, monkeypatch):
         torch.testing.assert_close(b.grad, a, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("bf16_experts", [False, True], ids=["cpu: float32", "cuda: bfloat16"])
 @pytest.mark.parametrize("path", ["grouped_mm", "loop over experts"])
-def test_routed_experts_compute_in_bfloat16_under_autocast(path, monkeypatch):
-    """bf16-mixed: autocast casts no grouped_mm, so the experts cast for themselves. Their
-    output under autocast matches the experts run on bfloat16 copies of input and weights,
-    its gap to float32 math is bfloat16-sized, and the parameters' gradients stay float32."""
+def test_routed_experts_precision_under_autocast(path, bf16_experts, monkeypatch):
+    """bf16-mixed: autocast casts no grouped_mm, so the experts pick their precision. On the
+    CPU they stay float32 (equal to no autocast) on every dispatch path. Where they run in
+    bfloat16 (CUDA; tested here by listing the CPU), their output matches the experts run on
+    bfloat16 copies of input and weights, with a bfloat16-sized gap to float32 math. Either
+    way the parameters' gradients are float32."""
     if path == "loop over experts":
         monkeypatch.setattr(moe_module, "_use_grouped_mm", lambda x, w: False)
+    if bf16_experts:
+        monkeypatch.setattr(moe_module, "AUTOCAST_EXPERTS", {"cpu"})
     model = DeepseekV3ForCausalLM.from_config(TINY, seed=3)
     moe = model.model.layers[-1].mlp
     x = torch.randn(64, TINY["hidden_size"], generator=torch.Generator().manual_seed(4))
@@ -240,14 +245,16 @@ def test_routed_experts_compute_in_bfloat16_under_autocast(path, monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = moe.experts(x, indices, weights, counts)
     exact = moe.experts(x, indices, weights, counts)
-    bf16_experts = moe_module.DeepseekV3Experts(model.config)
-    bf16_experts.load_state_dict(moe.experts.state_dict())
-    bf16_experts.to(torch.bfloat16)
-    want = bf16_experts(x.bfloat16(), indices, weights, counts).float()
     assert mixed.dtype == torch.float32
-    torch.testing.assert_close(mixed, want, rtol=1e-2, atol=1e-3)
-    error = ((mixed - exact).norm() / exact.norm()).item()
-    assert 1e-4 < error < 3e-2, error
+    if not bf16_experts:
+        assert torch.equal(mixed, exact)
+    else:
+        bf16 = moe_module.DeepseekV3Experts(model.config)
+        bf16.load_state_dict(moe.experts.state_dict())
+        want = bf16.to(torch.bfloat16)(x.bfloat16(), indices, weights, counts).float()
+        torch.testing.assert_close(mixed, want, rtol=1e-2, atol=1e-3)
+        error = ((mixed - exact).norm() / exact.norm()).item()
+        assert 1e-4 < error < 3e-2, error
     mixed.square().sum().backward()
     assert moe.experts.gate_up_proj.grad.dtype == moe.experts.down_proj.grad.dtype == torch.float32
 
