@@ -195,8 +195,9 @@ class DeepseekV3Experts(nn.Module):
                 inputs, gate_up_proj, down_proj = (
                     t.to(compute) for t in (inputs, gate_up_proj, down_proj)
                 )
-            else:  # float32 on every dispatch path (autocast would cast the loop's F.linear)
+            else:  # the weights' dtype on every path (autocast would cast the loop's F.linear)
                 precision = torch.autocast(device_type, enabled=False)
+                inputs = x.to(gate_up_proj.dtype)
         with precision:
             h = inputs.index_select(0, tokens)  # (N*k, H) tokens by expert; backward: index_add
             h = grouped_linear(h, gate_up_proj, counts)  # (N*k, 2I)
