@@ -32,12 +32,13 @@ from psyche_deepseek.config import DeepseekV2Config
 
 # Devices where index_add sums duplicate indices in a fixed order (CUDA uses atomics).
 DETERMINISTIC_INDEX_ADD = {"cpu"}
-# Devices where the routed experts run in the autocast dtype under autocast (bf16-mixed).
-# Autocast casts no grouped_mm, so the experts cast for themselves, except on the CPU: there
-# oneDNN builds and keeps a bfloat16 kernel for every new row count, and routed row counts
-# change every step (the tiny DeepSeek-V3's resident memory grew by 1 GB over 40 bf16 steps,
-# against none in float32). On the CPU they stay float32, as transformers' experts do.
-AUTOCAST_EXPERTS = {"cuda"}
+# Devices where the routed experts compute in float32 whatever the precision (bf16-true's
+# bfloat16 weights are upcast for their two grouped matmuls; autocast is turned off there). On
+# the CPU oneDNN builds and keeps a bfloat16 kernel for every new matrix shape, and routed row
+# counts change every step: with bfloat16 experts the tiny DeepSeek-V3's resident memory grew
+# by about 1 GB over 40 steps, against none in float32. Elsewhere bf16-mixed casts them to the
+# autocast dtype itself: autocast casts no grouped_mm.
+FLOAT32_EXPERTS = {"cpu"}
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
@@ -186,18 +187,16 @@ class DeepseekV3Experts(nn.Module):
         n_tokens, top_k = indices.shape
         order = indices.view(-1).argsort(stable=True)  # (N*k,) slots grouped by expert
         tokens = order // top_k
-        inputs, gate_up_proj, down_proj = x, self.gate_up_proj, self.down_proj
+        experts = (x, self.gate_up_proj, self.down_proj)
         device_type = x.device.type
+        autocast = torch.is_autocast_enabled(device_type)
         precision = contextlib.nullcontext()
-        if torch.is_autocast_enabled(device_type):
-            if device_type in AUTOCAST_EXPERTS:
-                compute = torch.get_autocast_dtype(device_type)
-                inputs, gate_up_proj, down_proj = (
-                    t.to(compute) for t in (inputs, gate_up_proj, down_proj)
-                )
-            else:  # the weights' dtype on every path (autocast would cast the loop's F.linear)
-                precision = torch.autocast(device_type, enabled=False)
-                inputs = x.to(gate_up_proj.dtype)
+        if device_type in FLOAT32_EXPERTS:  # on every path (autocast would cast F.linear)
+            precision = torch.autocast(device_type, enabled=False) if autocast else precision
+            experts = tuple(t.float() if t.element_size() < 4 else t for t in experts)
+        elif autocast:
+            experts = tuple(t.to(torch.get_autocast_dtype(device_type)) for t in experts)
+        inputs, gate_up_proj, down_proj = experts
         with precision:
             h = inputs.index_select(0, tokens)  # (N*k, H) tokens by expert; backward: index_add
             h = grouped_linear(h, gate_up_proj, counts)  # (N*k, 2I)

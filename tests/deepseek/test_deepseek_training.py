@@ -225,38 +225,57 @@ def test_dispatch_fallbacks_match(path, monkeypatch):
         torch.testing.assert_close(b.grad, a, rtol=1e-5, atol=1e-6)
 
 
+def _experts_case(seed: int = 3, dtype: torch.dtype = torch.float32):
+    model = DeepseekV3ForCausalLM.from_config(TINY, seed=seed, dtype=dtype)
+    moe = model.model.layers[-1].mlp
+    x = torch.randn(64, TINY["hidden_size"], generator=torch.Generator().manual_seed(4))
+    weights, indices = moe.gate(x.to(dtype))
+    counts = torch.bincount(indices.view(-1), minlength=moe.gate.num_experts)
+    return model, moe.experts, x.to(dtype), (indices, weights, counts)
+
+
 @pytest.mark.parametrize("bf16_experts", [False, True], ids=["cpu: float32", "cuda: bfloat16"])
 @pytest.mark.parametrize("path", ["grouped_mm", "loop over experts"])
 def test_routed_experts_precision_under_autocast(path, bf16_experts, monkeypatch):
     """bf16-mixed: autocast casts no grouped_mm, so the experts pick their precision. On the
     CPU they stay float32 (equal to no autocast) on every dispatch path. Where they run in
-    bfloat16 (CUDA; tested here by listing the CPU), their output matches the experts run on
-    bfloat16 copies of input and weights, with a bfloat16-sized gap to float32 math. Either
-    way the parameters' gradients are float32."""
+    bfloat16 (CUDA; tested here by taking the CPU off the float32 list), their output matches
+    the experts run on bfloat16 copies of input and weights, with a bfloat16-sized gap to
+    float32 math. Either way the parameters' gradients are float32."""
     if path == "loop over experts":
         monkeypatch.setattr(moe_module, "_use_grouped_mm", lambda x, w: False)
     if bf16_experts:
-        monkeypatch.setattr(moe_module, "AUTOCAST_EXPERTS", {"cpu"})
-    model = DeepseekV3ForCausalLM.from_config(TINY, seed=3)
-    moe = model.model.layers[-1].mlp
-    x = torch.randn(64, TINY["hidden_size"], generator=torch.Generator().manual_seed(4))
-    weights, indices = moe.gate(x)
-    counts = torch.bincount(indices.view(-1), minlength=moe.gate.num_experts)
+        monkeypatch.setattr(moe_module, "FLOAT32_EXPERTS", set())
+    model, experts, x, routing = _experts_case()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        mixed = moe.experts(x, indices, weights, counts)
-    exact = moe.experts(x, indices, weights, counts)
+        mixed = experts(x, *routing)
+    exact = experts(x, *routing)
     assert mixed.dtype == torch.float32
     if not bf16_experts:
         assert torch.equal(mixed, exact)
     else:
         bf16 = moe_module.DeepseekV3Experts(model.config)
-        bf16.load_state_dict(moe.experts.state_dict())
-        want = bf16.to(torch.bfloat16)(x.bfloat16(), indices, weights, counts).float()
+        bf16.load_state_dict(experts.state_dict())
+        want = bf16.to(torch.bfloat16)(x.bfloat16(), *routing).float()
         torch.testing.assert_close(mixed, want, rtol=1e-2, atol=1e-3)
         error = ((mixed - exact).norm() / exact.norm()).item()
         assert 1e-4 < error < 3e-2, error
     mixed.square().sum().backward()
-    assert moe.experts.gate_up_proj.grad.dtype == moe.experts.down_proj.grad.dtype == torch.float32
+    assert experts.gate_up_proj.grad.dtype == experts.down_proj.grad.dtype == torch.float32
+
+
+def test_bfloat16_experts_compute_in_float32_on_the_cpu():
+    """bf16-true on the CPU: the bfloat16 expert weights are upcast for the grouped matmuls
+    (no bfloat16 kernel per row count), the result comes back in bfloat16 and the gradients
+    stay bfloat16."""
+    model, experts, x, routing = _experts_case(dtype=torch.bfloat16)
+    got = experts(x, *routing)
+    upcast = moe_module.DeepseekV3Experts(model.config)
+    upcast.load_state_dict({k: v.float() for k, v in experts.state_dict().items()})
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got, upcast(x.float(), *routing).to(torch.bfloat16))
+    got.float().square().sum().backward()
+    assert experts.gate_up_proj.grad.dtype == experts.down_proj.grad.dtype == torch.bfloat16
 
 
 def test_plugin_registers_both_models_without_importing_torch():
