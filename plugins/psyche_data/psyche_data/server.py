@@ -231,8 +231,9 @@ class _Handler(BaseHTTPRequestHandler):
             header = self.headers.get("Range")
             if self._asks_concatenated(header):
                 whole = whole_ranges(header, size)
-                if whole is not None and _total(whole) <= _GATHER_BYTES:
-                    self._send_concatenated(file, whole, body)
+                length = 0 if whole is None else _total(whole)
+                if whole is not None and length <= _GATHER_BYTES:
+                    self._send_concatenated(file, whole, length, body)
                     return
             wanted = self._wanted(header, size)
             if isinstance(wanted, list):
@@ -321,11 +322,12 @@ class _Handler(BaseHTTPRequestHandler):
             and CONCATENATED in self.headers.get("Accept", "")
         )
 
-    def _send_concatenated(self, file, ranges: list[tuple[int, int]], body: bool) -> None:
-        """The ``ranges`` back to back, in the order asked, no part headers, read into one
-        buffer with the headers for one write (at most ``_GATHER_BYTES``; larger answers are
-        multipart, which sends big parts from the file)."""
-        length = _total(ranges)
+    def _send_concatenated(
+        self, file, ranges: list[tuple[int, int]], length: int, body: bool
+    ) -> None:
+        """The ``ranges`` (``length`` bytes in all) back to back, in the order asked, no part
+        headers, read into one buffer with the headers for one write (at most
+        ``_GATHER_BYTES``; larger answers are multipart, which sends big parts from the file)."""
         self.send_response(HTTPStatus.PARTIAL_CONTENT)
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", CONCATENATED)
