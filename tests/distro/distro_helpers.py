@@ -120,3 +120,11 @@ def peer_training(comm: Communicator, job: dict) -> dict[str, bytes]:
     opt = DistroOptimizer(model, chunk=4, topk=2, decay=0.9, weight_decay=0.1, **job["options"])
     train(model, opt, range(1, job["steps"] + 1), data_grads(comm.rank), communicator=comm)
     return {name: t.numpy().tobytes() for name, t in params_of(model).items()}
+
+
+def distro(model: nn.Module, **kwargs) -> DistroOptimizer:
+    """A DisTrO optimizer with the tests' small defaults (chunk 4, top-k 2, decay 0.9)."""
+    kwargs.setdefault("chunk", 4)
+    kwargs.setdefault("topk", 2)
+    kwargs.setdefault("decay", 0.9)
+    return DistroOptimizer(model, **kwargs)
