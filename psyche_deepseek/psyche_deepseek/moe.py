@@ -36,8 +36,8 @@ DETERMINISTIC_INDEX_ADD = {"cpu"}
 # bfloat16 weights are upcast for their two grouped matmuls; autocast is turned off there). On
 # the CPU oneDNN builds and keeps a bfloat16 kernel for every new matrix shape, and routed row
 # counts change every step: with bfloat16 experts the tiny DeepSeek-V3's resident memory grew
-# by about 1 GB over 40 steps, against none in float32. Elsewhere bf16-mixed casts them to the
-# autocast dtype itself: autocast casts no grouped_mm.
+# by ~870 MiB over 40 steps and the step was no faster (benchmarks/deepseek_expert_precision.py).
+# Elsewhere bf16-mixed casts them to the autocast dtype itself: autocast casts no grouped_mm.
 FLOAT32_EXPERTS = {"cpu"}
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
