@@ -22,6 +22,9 @@ from psyche_core.model import CausalLMOutput
 
 # At most this many logits (rows x vocab) exist at a time: 32 MiB in float32.
 LOSS_CHUNK_ELEMENTS = 1 << 23
+# Below float32, the gradient rows of up to this many chunks are kept for one weight-gradient
+# product (see _LinearCrossEntropy.forward): 64 MiB of bfloat16 logits gradients at most.
+LOSS_BLOCK_CHUNKS = 4
 
 # LM heads whose chunked loss runs its softmax pass compiled (``--compile``: compile_loss).
 _COMPILED_HEADS: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
@@ -74,11 +77,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """The head and the loss, a chunk of rows at a time.
 
     Each chunk's logits become their own gradient (softmax - one-hot) in place, and the
-    gradients of ``hidden`` and ``weight`` are accumulated right away, so backward only scales
-    them: the same three matmuls as head + loss + backward, but no logits tensor, no
-    log-softmax copy and nothing vocabulary-sized saved for backward. The chunk-sized buffers
-    are allocated once per call, not once per chunk: each is a fresh ~32 MiB mapping that the
-    CPU would otherwise fault in page by page for every chunk.
+    gradients of ``hidden`` and ``weight`` are accumulated right away (per chunk in float32,
+    per block of ``LOSS_BLOCK_CHUNKS`` chunks below it), so backward only scales them: the same
+    three matmuls as head + loss + backward, but no logits tensor, no log-softmax copy and
+    nothing vocabulary-sized saved for backward. The buffers are allocated once per call, not
+    once per chunk: each is a fresh mapping of tens of MiB that the CPU would otherwise fault
+    in page by page for every chunk.
     """
 
     @staticmethod
@@ -98,51 +102,58 @@ class _LinearCrossEntropy(torch.autograd.Function):
         valid = targets != IGNORE_INDEX
         scale = 1.0 / valid.sum().clamp(min=1).float()
         grad_hidden = torch.empty_like(hidden, dtype=out_hidden) if need_hidden else None
-        grad_weight = None  # float32 sum over chunks
+        grad_weight = None  # float32 sum over blocks
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        rows = min(max(1, LOSS_CHUNK_ELEMENTS // weight.shape[0]), hidden.shape[0])
-        logits_buffer = hidden.new_empty(rows, weight.shape[0])
+        n_rows, vocab = hidden.shape[0], weight.shape[0]
+        rows = min(max(1, LOSS_CHUNK_ELEMENTS // vocab), n_rows)  # logits rows per softmax
+        # Products in a lower precision than their float32 weight-gradient sum: the gradient
+        # rows of several chunks are kept and multiplied once, so that sum (a full
+        # (vocab, hidden) pass with a conversion) is updated once per block, not per chunk.
+        block = rows if hidden.dtype == torch.float32 else rows * LOSS_BLOCK_CHUNKS
+        block = min(block, n_rows)
+        logits_buffer = hidden.new_empty(block, vocab)
         # eager softmax runs in float32: a float32 copy of lower-precision logits
         probs_buffer = None
         if not compiled and hidden.dtype != torch.float32:
-            probs_buffer = torch.empty_like(logits_buffer, dtype=torch.float32)
+            probs_buffer = torch.empty((rows, vocab), dtype=torch.float32, device=hidden.device)
         part_buffer = None  # (vocab, hidden) weight-gradient product in the compute dtype
-        for start in range(0, hidden.shape[0], rows):
-            h = hidden[start : start + rows]
-            n = h.shape[0]
-            target = targets[start : start + rows].clamp(min=0)[:, None]
-            keep = valid[start : start + rows, None]
-            logits = torch.mm(h, weight.t(), out=logits_buffer[:n])  # (rows, vocab)
-            if compiled:
-                loss = _fused_softmax_grad_(logits, target)
-                grad = logits
-            else:
-                loss, grad = _softmax_grad_eager_(logits, target, probs_buffer, h, weight)
-            total += (loss * keep).sum()
+        for first in range(0, n_rows, block):
+            span = slice(first, min(first + block, n_rows))
+            grads = logits_buffer[: span.stop - first]
+            for start in range(first, span.stop, rows):
+                h = hidden[start : min(start + rows, span.stop)]
+                target = targets[start : start + len(h)].clamp(min=0)[:, None]
+                logits = torch.mm(h, weight.t(), out=grads[start - first :][: len(h)])
+                if compiled:
+                    loss = _fused_softmax_grad_(logits, target)
+                else:
+                    loss, _ = _softmax_grad_eager_(logits, target, probs_buffer, h, weight)
+                total += (loss * valid[start : start + len(h), None]).sum()
             if not (need_hidden or need_weight):
                 continue
+            h, keep = hidden[span], valid[span, None]
             if mixed:
                 # the row scale stays float32 (1/N rounded to bfloat16 would bias every
                 # gradient alike); only the matmul operands are in the compute dtype
                 row_scale = keep * scale
                 if need_hidden:
-                    torch.mul(grad @ weight, row_scale, out=grad_hidden[start : start + rows])
+                    torch.mul(grads @ weight, row_scale, out=grad_hidden[span])
                 if need_weight:
                     if part_buffer is None:
                         part_buffer = weight.new_empty(weight.shape)
-                    part = torch.mm(grad.t(), (h * row_scale).to(h.dtype), out=part_buffer)
+                    part = torch.mm(grads.t(), (h * row_scale).to(h.dtype), out=part_buffer)
                     grad_weight = part.float() if grad_weight is None else grad_weight.add_(part)
                 continue
             row_scale = (keep * scale).to(h.dtype)  # (rows, 1)
             if need_hidden:
-                torch.mm(grad, weight, out=grad_hidden[start : start + rows])
-                grad_hidden[start : start + rows] *= row_scale
+                torch.mm(grads, weight, out=grad_hidden[span])
+                grad_hidden[span] *= row_scale
             if need_weight and grad_weight is None:
-                grad_weight = (grad.t() @ (h * row_scale)).float()  # (vocab, hidden)
+                grad_weight = (grads.t() @ (h * row_scale)).float()  # (vocab, hidden)
             elif need_weight and grad_weight.dtype == h.dtype:
-                grad_weight.addmm_(grad.t(), h * row_scale)
+                grad_weight.addmm_(grads.t(), h * row_scale)
             elif need_weight:
-                grad_weight += (grad.t() @ (h * row_scale)).float()
+                grad_weight += (grads.t() @ (h * row_scale)).float()
         ctx.grads = (grad_hidden, None if grad_weight is None else grad_weight.to(out_weight))
         return total * scale
 

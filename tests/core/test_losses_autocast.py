@@ -3,6 +3,7 @@ bfloat16, as ``nn.Linear`` + cross entropy under autocast, with float32 gradient
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from psyche_core import losses
@@ -29,8 +30,11 @@ def _reference(hidden, weight, targets):
     return torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=-100)
 
 
-def test_matches_linear_plus_cross_entropy_under_autocast(monkeypatch):
+@pytest.mark.parametrize("block_chunks", [1, 2, 4], ids=["per-chunk", "ragged-blocks", "one-block"])
+def test_matches_linear_plus_cross_entropy_under_autocast(monkeypatch, block_chunks):
     monkeypatch.setattr(losses, "LOSS_CHUNK_ELEMENTS", 500 * 40)  # three chunks of rows
+    # weight-gradient products over 1 chunk, over 2 (80 + 16 rows) or over all 96 rows
+    monkeypatch.setattr(losses, "LOSS_BLOCK_CHUNKS", block_chunks)
     hidden, weight, targets = _inputs()
     loss, grad_h, grad_w = _grads(linear_cross_entropy, hidden, weight, targets)
     want, want_h, want_w = _grads(_reference, hidden, weight, targets)

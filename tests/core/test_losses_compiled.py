@@ -19,6 +19,7 @@ pytestmark = [
 @pytest.mark.parametrize("mixed", [False, True], ids=["float32", "bf16-autocast"])
 def test_compiled_chunks_match_eager(monkeypatch, mixed):
     monkeypatch.setattr(losses, "LOSS_CHUNK_ELEMENTS", 500 * 40)  # 40-row chunks, last ragged
+    monkeypatch.setattr(losses, "LOSS_BLOCK_CHUNKS", 2)  # bf16: blocks of 80 and 30 rows
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(110, 32, generator=g, requires_grad=True)
     weight = (0.2 * torch.randn(500, 32, generator=g)).requires_grad_()
