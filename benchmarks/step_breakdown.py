@@ -20,7 +20,9 @@ ceilings per side, medians over rounds:
 - ``speedup_ceiling``: wall / (matmul + attention + optimizer), what removing all ``other``
   time would give, the most ``--compile`` (or any fusion) can gain over this side;
 - ``vs_BASE_ceiling``: BASE's wall / this side's kernel time, the most this side could reach
-  against BASE with its kernels as they are.
+  against BASE with its kernels as they are;
+- ``vs_BASE_now``: BASE's unprofiled step time / this side's (one step each per round, right
+  after the profiled one: a rough check; the speed benchmarks' ``speed_ratios`` measure it).
 
 The profiler costs a few microseconds per op, counted in ``other``, more for eager sides (many
 small ops) than compiled ones; ``wall_ms_unprofiled`` is the same step timed without it.
