@@ -18,7 +18,9 @@ psyche's trainer calls it). Sides:
 Speed: one child process holds the timed sides and runs them round after round, rotating the
 order each round, so a busy shared machine slows all alike; ``speed_ratios.SIDE_vs_BASE`` is the
 median over rounds of BASE's step time / SIDE's in that round. Compile time (dynamo's own
-accounting) is reported separately.
+accounting) is reported separately. ``host_peak_tflops`` is the machine's matmul TFLOP/s per
+dtype (``psyche bench peak``'s measurement) just before and just after the rounds: on a shared
+host it says how fast the machine ran while they were timed.
 Memory: each side alone in a child; peak resident set (``VmHWM``, reset after setup) above the
 resident set once model, data and optimizer exist.
 """
@@ -158,6 +160,14 @@ class Side:
         return elapsed
 
 
+def host_peak_tflops() -> dict[str, float]:
+    """This machine's matmul TFLOP/s per dtype right now (``psyche bench peak``'s measurement,
+    not cached): how fast the shared host ran while the rounds were timed."""
+    from psyche_core.flops import bench_cpu_peaks
+
+    return {dtype: round(flops / 1e12, 3) for dtype, flops in bench_cpu_peaks(cache=False).items()}
+
+
 def _batches(args: argparse.Namespace, vocab: int) -> list[Any]:
     import torch
 
@@ -173,6 +183,7 @@ def time_sides(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     names = args.sides.split(",")
     sides = [Side(name, args.checkpoint, bench) for name in names]
+    host_before = host_peak_tflops()
     batches = _batches(args, sides[0].model.config.vocab_size)
     times: dict[str, list[float]] = {name: [] for name in names}
     warmup_s: dict[str, float] = {name: 0.0 for name in names}
@@ -196,6 +207,7 @@ def time_sides(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     return {
         "times": times,
         "ratios": ratios,
+        "host_peak_tflops": {"before": host_before, "after": host_peak_tflops()},
         "compile_s": compile_s,
         "warmup_s": warmup_s,
         "losses": {side.name: side.losses for side in sides},
@@ -290,6 +302,7 @@ def main(bench: Bench) -> None:
                 "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)],
             }
         summary["speed_ratios"] = timing["ratios"]
+        summary["host_peak_tflops"] = timing["host_peak_tflops"]
     summary["memory"] = memory
     summary["wall_s"] = round(time.time() - started, 1)
     _record.emit(summary, args.save, args.name)

@@ -131,7 +131,9 @@ def breakdown(args: argparse.Namespace) -> dict[str, Any]:
         checkpoint = os.path.join(tmp, "checkpoint")
         params = bench.make_checkpoint(checkpoint)
         sides = [_train_step.Side(name, checkpoint, bench) for name in args.sides.split(",")]
+        host_before = _train_step.host_peak_tflops()
         profiled, plain = _rounds(args, sides)
+        host = {"before": host_before, "after": _train_step.host_peak_tflops()}
     result: dict[str, Any] = {
         "model": bench.model,
         "parameters": params,
@@ -139,6 +141,7 @@ def breakdown(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads,
         "rounds": args.rounds,
         "warmup_rounds": args.warmup,
+        "host_peak_tflops": host,  # the machine's matmul speed around the rounds
         "sides": {},
     }
     for name, steps in profiled.items():
