@@ -127,7 +127,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if compiled:
                     loss = _fused_softmax_grad_(logits, target)
                 else:
-                    loss, _ = _softmax_grad_eager_(logits, target, probs_buffer, h, weight)
+                    loss = _softmax_grad_eager_(logits, target, probs_buffer, h, weight)
                 total += (loss * valid[start : start + len(h), None]).sum()
             if not (need_hidden or need_weight):
                 continue
@@ -169,9 +169,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def _softmax_grad_eager_(
     logits: Tensor, target: Tensor, probs_buffer: Tensor | None, h: Tensor, weight: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Eager ``_softmax_grad_``: row losses and ``softmax - one_hot`` in the logits' dtype
-    (written over ``logits``), the softmax done in place in float32."""
+) -> Tensor:
+    """Eager ``_softmax_grad_``: row losses ``(rows, 1)``; ``logits`` are overwritten by
+    ``softmax - one_hot`` in their dtype, the softmax done in place in float32."""
     picked = logits.gather(1, target).float()
     probs = logits if probs_buffer is None else probs_buffer[: logits.shape[0]]
     torch.softmax(logits, dim=-1, dtype=probs.dtype, out=probs)  # float32 math, one pass
@@ -183,7 +183,9 @@ def _softmax_grad_eager_(
         loss[far] = torch.logsumexp((h[far] @ weight.t()).float(), -1, True) - picked[far]
     minus_one = torch.full(target.shape, -1.0, device=target.device)
     probs.scatter_add_(1, target, minus_one)
-    return loss, probs if probs_buffer is None else logits.copy_(probs)
+    if probs_buffer is not None:
+        logits.copy_(probs)
+    return loss
 
 
 def shifted_targets(labels: Tensor) -> Tensor:
