@@ -117,7 +117,7 @@ def peer_training(comm: Communicator, job: dict) -> dict[str, bytes]:
     raw bytes (tensors sent back through a multiprocessing queue would be shared through file
     descriptors that vanish with the worker)."""
     model = Tiny(dtype=torch.float32)
-    opt = DistroOptimizer(model, chunk=4, topk=2, decay=0.9, weight_decay=0.1, **job["options"])
+    opt = distro(model, weight_decay=0.1, **job["options"])
     train(model, opt, range(1, job["steps"] + 1), data_grads(comm.rank), communicator=comm)
     return {name: t.numpy().tobytes() for name, t in params_of(model).items()}
 

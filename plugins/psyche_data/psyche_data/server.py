@@ -231,8 +231,7 @@ class _Handler(BaseHTTPRequestHandler):
             header = self.headers.get("Range")
             if self._asks_concatenated(header):
                 whole = whole_ranges(header, size)
-                length = 0 if whole is None else _total(whole)
-                if whole is not None and length <= _GATHER_BYTES:
+                if whole is not None and (length := _total(whole)) <= _GATHER_BYTES:
                     self._send_concatenated(file, whole, length, body)
                     return
             wanted = self._wanted(header, size)
