@@ -81,7 +81,7 @@ class Bench:
     doc: str
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
@@ -160,6 +160,18 @@ class Side:
         return elapsed
 
 
+def run_header(bench: Bench, params: int, args: argparse.Namespace) -> dict[str, Any]:
+    """What a result measured: model, size, batch, threads and rounds."""
+    return {
+        "model": bench.model,
+        "parameters": params,
+        "batch": [args.batch, args.seq_len],
+        "threads": args.threads,
+        "timed_rounds": args.rounds,
+        "warmup_rounds": args.warmup,
+    }
+
+
 def host_peak_tflops() -> dict[str, float]:
     """This machine's matmul TFLOP/s per dtype right now (``psyche bench peak``'s measurement,
     not cached): how fast the shared host ran while the rounds were timed."""
@@ -222,10 +234,10 @@ def measure_memory(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     side = Side(args.side, args.checkpoint, bench)
     batches = _batches(args, side.model.config.vocab_size)
     exact = _reset_peak_rss()
-    baseline = _status_kib("VmRSS")
+    baseline = status_kib("VmRSS")
     times = [side.step(batches[i % len(batches)]) for i in range(args.memory_steps)]
     return {
-        "peak_mib": round((_status_kib("VmHWM") - baseline) / 1024, 1),
+        "peak_mib": round((status_kib("VmHWM") - baseline) / 1024, 1),
         "peak_exact": exact,
         "step_s": round(statistics.median(times[1:] or times), 3),
         "losses": [round(x, 5) for x in side.losses],
@@ -282,14 +294,7 @@ def main(bench: Bench) -> None:
         }
 
     tokens = args.batch * args.seq_len
-    summary: dict[str, Any] = {
-        "model": bench.model,
-        "parameters": params,
-        "batch": [args.batch, args.seq_len],
-        "threads": args.threads,
-        "timed_rounds": args.rounds,
-        "warmup_rounds": args.warmup,
-    }
+    summary = run_header(bench, params, args)
     if timing is not None:
         for name, times in timing["times"].items():
             losses = timing["losses"][name]

@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import _record
 
@@ -27,10 +26,9 @@ VARIANTS = {"float32": {"cpu"}, "bf16": set()}  # FLOAT32_EXPERTS for each
 
 
 def _rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    import _train_step
+
+    return _train_step.status_kib("VmRSS") / 1024
 
 
 def _side(checkpoint: str):

@@ -134,16 +134,9 @@ def breakdown(args: argparse.Namespace) -> dict[str, Any]:
         host_before = _train_step.host_peak_tflops()
         profiled, plain = _rounds(args, sides)
         host = {"before": host_before, "after": _train_step.host_peak_tflops()}
-    result: dict[str, Any] = {
-        "model": bench.model,
-        "parameters": params,
-        "batch": [args.batch, args.seq_len],
-        "threads": args.threads,
-        "rounds": args.rounds,
-        "warmup_rounds": args.warmup,
-        "host_peak_tflops": host,  # the machine's matmul speed around the rounds
-        "sides": {},
-    }
+    result = _train_step.run_header(bench, params, args)
+    result["host_peak_tflops"] = host  # the machine's matmul speed around the rounds
+    result["sides"] = {}
     for name, steps in profiled.items():
         median = {key: statistics.median(step[key] for step in steps) for key in steps[0]}
         kernels = [sum(step[kind] for kind in KINDS) for step in steps]
